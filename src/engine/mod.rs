@@ -1,0 +1,164 @@
+//! The batched generation loop: admit → plan → forward → sample → retire, with continuous
+//! batching over the slots of one KV cache. Knows nothing of documents or output formats.
+
+mod scheduler;
+mod sequence;
+mod stats;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+pub use scheduler::{plan_step, StepPlan};
+pub use sequence::{Completion, Job, Sequence, StopReason};
+pub use stats::EngineStats;
+
+use crate::model::{Llama, ModelError, SlotId, SlotKvCache};
+
+/// Sizes of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Sequences in flight (KV slots).
+    pub sequences: usize,
+    /// Positions per slot.
+    pub ctx: usize,
+    /// Most rows in one forward pass.
+    pub batch_size: usize,
+}
+
+/// Whether the caller wants the run to go on after a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop admitting jobs and return once the step ends (in-flight jobs are dropped).
+    Stop,
+}
+
+/// Runs jobs through one model with `sequences` slots.
+pub struct Engine<'m> {
+    model: &'m Llama,
+    cache: SlotKvCache,
+    config: EngineConfig,
+    eog_ids: HashSet<u32>,
+    pub stats: EngineStats,
+}
+
+impl<'m> Engine<'m> {
+    pub fn new(
+        model: &'m Llama,
+        config: EngineConfig,
+        eog_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<Self, ModelError> {
+        let cache = model.new_cache(config.sequences, config.ctx)?;
+        Ok(Self {
+            model,
+            cache,
+            config,
+            eog_ids: eog_ids.into_iter().collect(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// Pulls jobs from `next_job` until it returns `None`, keeping every slot busy, and hands
+    /// each finished job to `on_done` as soon as it completes.
+    pub fn run(
+        &mut self,
+        mut next_job: impl FnMut() -> Option<Job>,
+        mut on_done: impl FnMut(Completion) -> Flow,
+    ) -> Result<(), ModelError> {
+        let slots = self.config.sequences;
+        let mut active: Vec<Option<Sequence>> = (0..slots).map(|_| None).collect();
+        let mut order: Vec<usize> = Vec::with_capacity(slots);
+        let mut queue_open = true;
+        loop {
+            // Admit: fill every free slot at once.
+            while queue_open && order.len() < slots {
+                let Some(job) = next_job() else {
+                    queue_open = false;
+                    break;
+                };
+                if job.prompt.is_empty()
+                    || job.prompt.len() > self.config.ctx
+                    || job.max_tokens == 0
+                {
+                    let reason = if job.max_tokens == 0 {
+                        StopReason::Length
+                    } else {
+                        StopReason::Context
+                    };
+                    let seq = Sequence::new(job, SlotId(usize::MAX));
+                    if on_done(seq.finish(reason)) == Flow::Stop {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let free = active
+                    .iter()
+                    .position(Option::is_none)
+                    .expect("a free slot");
+                active[free] = Some(Sequence::new(job, SlotId(free)));
+                order.push(free);
+            }
+            if order.is_empty() {
+                return Ok(());
+            }
+
+            let plan = plan_step(&active, &order, self.config.batch_size);
+            let started = Instant::now();
+            let logits = self.model.forward(&plan.step, &self.cache)?;
+            let logits: Vec<Vec<f32>> = logits.to_vec2()?; // synchronizes the device
+            self.stats
+                .record_step(&plan, order.len(), started.elapsed());
+
+            for &(i, chunk) in &plan.prefill_chunks {
+                active[i].as_mut().expect("planned sequence").prefilled += chunk;
+            }
+            let mut finished = Vec::new();
+            for (row, &i) in logits.iter().zip(&plan.logit_owners) {
+                let seq = active[i].as_mut().expect("planned sequence");
+                if let Some(reason) = self.sample_into(seq, row) {
+                    finished.push((i, reason));
+                }
+            }
+            // Retire: free the slots now, so the next loop admits into them.
+            for (i, reason) in finished {
+                let seq = active[i].take().expect("finished sequence");
+                order.retain(|&j| j != i);
+                self.stats.generated_tokens += seq.generated.len();
+                if on_done(seq.finish(reason)) == Flow::Stop {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Samples the next token of `seq`; returns why it stops, if it does.
+    fn sample_into(&self, seq: &mut Sequence, logits: &[f32]) -> Option<StopReason> {
+        let token = if seq.job.ignore_eos {
+            let mut masked = logits.to_vec();
+            for &id in &self.eog_ids {
+                if let Some(l) = masked.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            seq.sampler.sample(&masked)
+        } else {
+            seq.sampler.sample(logits)
+        };
+        if self.eog_ids.contains(&token) && !seq.job.ignore_eos {
+            return Some(StopReason::Eos);
+        }
+        seq.generated.push(token);
+        if seq.generated.len() >= seq.job.max_tokens {
+            return Some(StopReason::Length);
+        }
+        // The new token must be fed at the next position, which has to exist.
+        if seq.job.prompt.len() + seq.generated.len() > self.config.ctx {
+            return Some(StopReason::Context);
+        }
+        None
+    }
+}

@@ -1,0 +1,100 @@
+//! A job (what to generate) and the sequence that runs it in a slot.
+
+use std::time::{Duration, Instant};
+
+use crate::model::SlotId;
+use crate::sampler::{Sampler, SamplingParams};
+
+/// One prompt to complete: a document × prompt pair, tokenized.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The caller's number for this job, returned in its [`Completion`].
+    pub index: usize,
+    /// Distinguishes the job's random stream (see [`Sampler::new`]).
+    pub key: u64,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+    pub sampling: SamplingParams,
+}
+
+/// Why a sequence stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// An end-of-generation token.
+    Eos,
+    /// A stop string (reserved for `--stop`).
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The slot's context is full (or the prompt alone did not fit).
+    Context,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::Stop => "stop",
+            StopReason::Length => "length",
+            StopReason::Context => "context",
+        }
+    }
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub index: usize,
+    /// Generated ids, the end-of-generation token excluded.
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prompt_tokens: usize,
+    /// From admission into a slot to the last token.
+    pub latency: Duration,
+}
+
+/// A job running in a slot.
+pub struct Sequence {
+    pub job: Job,
+    pub slot: SlotId,
+    /// Prompt tokens already in the KV cache.
+    pub prefilled: usize,
+    pub generated: Vec<u32>,
+    pub sampler: Sampler,
+    pub started: Instant,
+}
+
+impl Sequence {
+    pub fn new(job: Job, slot: SlotId) -> Self {
+        let sampler = Sampler::new(job.sampling, job.key);
+        Self {
+            job,
+            slot,
+            prefilled: 0,
+            generated: Vec::new(),
+            sampler,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn is_prefilling(&self) -> bool {
+        self.prefilled < self.job.prompt.len()
+    }
+
+    /// Position of the next token to feed (prompt and generated tokens so far).
+    pub fn next_position(&self) -> usize {
+        self.prefilled + self.generated.len().saturating_sub(1)
+    }
+
+    pub fn finish(self, stop_reason: StopReason) -> Completion {
+        Completion {
+            index: self.job.index,
+            prompt_tokens: self.job.prompt.len(),
+            tokens: self.generated,
+            stop_reason,
+            latency: self.started.elapsed(),
+        }
+    }
+}

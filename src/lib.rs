@@ -1,0 +1,18 @@
+//! docanalyze: run a local quantized LLM over many documents at once, K sequences decoded
+//! together with their KV caches batched into shared forward passes.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod engine;
+pub mod input;
+pub mod loaded_model;
+pub mod model;
+pub mod model_source;
+pub mod output;
+pub mod pipeline;
+pub mod prompt;
+pub mod report;
+pub mod sampler;
+pub mod tokenizer;

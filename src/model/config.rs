@@ -1,0 +1,110 @@
+//! Hyper-parameters of a llama-family model, read from GGUF metadata.
+
+use super::{GgufFile, ModelError};
+
+/// The shape of a llama-family transformer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub name: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub context_length: usize,
+    pub rope_freq_base: f32,
+    pub rms_eps: f32,
+    pub vocab_size: usize,
+}
+
+/// Architectures whose GGUF layout is the llama one (optionally with q/k/v biases).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
+
+impl ModelConfig {
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
+        let arch = gguf.string("general.architecture")?;
+        if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(ModelError::UnsupportedArchitecture {
+                arch,
+                path: gguf.path.clone(),
+            });
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_embd = gguf.usize(&key("embedding_length"))?;
+        let n_head = gguf.usize(&key("attention.head_count"))?;
+        let n_kv_head = if gguf.has(&key("attention.head_count_kv")) {
+            gguf.usize(&key("attention.head_count_kv"))?
+        } else {
+            n_head
+        };
+        let head_dim = if gguf.has(&key("attention.key_length")) {
+            gguf.usize(&key("attention.key_length"))?
+        } else {
+            n_embd / n_head.max(1)
+        };
+        let rope_freq_base = if gguf.has(&key("rope.freq_base")) {
+            gguf.f32(&key("rope.freq_base"))?
+        } else {
+            10_000.0
+        };
+        let vocab_size = if gguf.has(&key("vocab_size")) {
+            gguf.usize(&key("vocab_size"))?
+        } else {
+            gguf.strings("tokenizer.ggml.tokens")?.len()
+        };
+        let name = gguf.string("general.name").unwrap_or_else(|_| arch.clone());
+        let config = Self {
+            n_layer: gguf.usize(&key("block_count"))?,
+            n_embd,
+            n_head,
+            n_kv_head,
+            head_dim,
+            n_ff: gguf.usize(&key("feed_forward_length"))?,
+            context_length: gguf.usize(&key("context_length"))?,
+            rope_freq_base,
+            rms_eps: gguf.f32(&key("attention.layer_norm_rms_epsilon"))?,
+            vocab_size,
+            architecture: arch,
+            name,
+        };
+        config.validate(gguf)?;
+        Ok(config)
+    }
+
+    fn validate(&self, gguf: &GgufFile) -> Result<(), ModelError> {
+        let bad = |key: &str, message: String| ModelError::BadValue {
+            key: format!("{}.{key}", self.architecture),
+            path: gguf.path.clone(),
+            message,
+        };
+        if self.n_head == 0 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
+            return Err(bad(
+                "attention.head_count_kv",
+                format!(
+                    "{} query heads cannot be grouped over {} key/value heads",
+                    self.n_head, self.n_kv_head
+                ),
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(bad(
+                "attention.key_length",
+                format!("head size {} must be even and non-zero", self.head_dim),
+            ));
+        }
+        if self.n_layer == 0 || self.context_length == 0 || self.vocab_size == 0 {
+            return Err(bad(
+                "block_count",
+                "layers, context length and vocabulary must be non-zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of K and V cache one token occupies (f32 elements).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layer * self.n_kv_head * self.head_dim * std::mem::size_of::<f32>()
+    }
+}

@@ -1,0 +1,75 @@
+//! The slot KV cache: one preallocated buffer per layer for all K slots, written in place.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::SlotId;
+
+/// Keys and values of every slot for every layer.
+///
+/// Layout per layer: `[slots * ctx, kv_heads * head_dim]`, i.e. slot `s`, position `p` is row
+/// `s * ctx + p`. A row's K/V are one contiguous run, so a batch writes all its rows with one
+/// scatter per layer, and a slot's first `n` positions are a contiguous view for attention.
+#[derive(Debug)]
+pub struct SlotKvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    slots: usize,
+    ctx: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl SlotKvCache {
+    pub fn new(
+        layers: usize,
+        slots: usize,
+        ctx: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let shape = (slots * ctx, kv_heads * head_dim);
+        let alloc = || Tensor::zeros(shape, DType::F32, device);
+        Ok(Self {
+            keys: (0..layers).map(|_| alloc()).collect::<Result<_>>()?,
+            values: (0..layers).map(|_| alloc()).collect::<Result<_>>()?,
+            slots,
+            ctx,
+            kv_heads,
+            head_dim,
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    pub fn bytes(&self) -> usize {
+        2 * self.keys.len() * self.slots * self.ctx * self.kv_heads * self.head_dim * 4
+    }
+
+    /// Writes `k`, `v` (`[rows, kv_heads * head_dim]`) at the cache rows `index`
+    /// (`[rows, kv_heads * head_dim]` u32, every column holding `slot * ctx + position`).
+    pub fn write(&self, layer: usize, index: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+        self.keys[layer].scatter_set(index, k, 0)?;
+        self.values[layer].scatter_set(index, v, 0)
+    }
+
+    /// Keys and values of positions `0..len` of `slot`, each `[len, kv_heads, head_dim]` views.
+    pub fn slot_prefix(&self, layer: usize, slot: SlotId, len: usize) -> Result<(Tensor, Tensor)> {
+        let start = slot.0 * self.ctx;
+        let shape = (len, self.kv_heads, self.head_dim);
+        let k = self.keys[layer].narrow(0, start, len)?.reshape(shape)?;
+        let v = self.values[layer].narrow(0, start, len)?.reshape(shape)?;
+        Ok((k, v))
+    }
+
+    /// The cache row of `slot` at `position`.
+    pub fn row_index(&self, slot: SlotId, position: usize) -> u32 {
+        (slot.0 * self.ctx + position) as u32
+    }
+}

@@ -1,0 +1,49 @@
+//! The model: GGUF loading, the slot KV cache and the batched forward pass.
+//!
+//! Knows nothing of files beyond the GGUF itself, nor of documents or output formats.
+
+mod batch;
+mod config;
+mod gguf;
+mod kv_cache;
+mod linear;
+mod llama;
+
+use std::path::PathBuf;
+
+pub use batch::{BatchRow, BatchStep, SlotId};
+pub use config::ModelConfig;
+pub use gguf::GgufFile;
+pub use kv_cache::SlotKvCache;
+pub use linear::Linear;
+pub use llama::Llama;
+
+/// Everything that can go wrong while loading or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable GGUF file: {message}")]
+    Gguf { path: PathBuf, message: String },
+    #[error("GGUF key `{key}` missing in {path}")]
+    MissingKey { key: String, path: PathBuf },
+    #[error("GGUF key `{key}` in {path} has the wrong type: {message}")]
+    BadValue {
+        key: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("tensor `{name}` missing in {path}")]
+    MissingTensor { name: String, path: PathBuf },
+    #[error(
+        "unsupported model architecture `{arch}` in {path} (supported: llama, mistral, qwen2)"
+    )]
+    UnsupportedArchitecture { arch: String, path: PathBuf },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

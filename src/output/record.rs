@@ -1,0 +1,85 @@
+//! The output record: one per document × prompt.
+
+use serde::Serialize;
+
+/// CSV columns, in order.
+pub const CSV_COLUMNS: [&str; 10] = [
+    "id",
+    "source",
+    "prompt",
+    "status",
+    "output",
+    "stop_reason",
+    "prompt_tokens",
+    "generated_tokens",
+    "latency_ms",
+    "error",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Truncated,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Truncated => "truncated",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// The result of one document × prompt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    pub id: String,
+    pub source: String,
+    pub prompt: String,
+    pub status: Status,
+    pub output: String,
+    /// `eos`, `stop`, `length`, `context`, or empty.
+    pub stop_reason: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub latency_ms: u64,
+    pub error: String,
+}
+
+impl Record {
+    /// A record for a document that failed before or during generation.
+    pub fn error(id: &str, source: &str, prompt: &str, error: String) -> Self {
+        Self {
+            id: id.to_string(),
+            source: source.to_string(),
+            prompt: prompt.to_string(),
+            status: Status::Error,
+            output: String::new(),
+            stop_reason: String::new(),
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            latency_ms: 0,
+            error,
+        }
+    }
+
+    /// The CSV row, in [`CSV_COLUMNS`] order.
+    pub fn csv_row(&self) -> [String; 10] {
+        [
+            self.id.clone(),
+            self.source.clone(),
+            self.prompt.clone(),
+            self.status.as_str().to_string(),
+            self.output.clone(),
+            self.stop_reason.clone(),
+            self.prompt_tokens.to_string(),
+            self.generated_tokens.to_string(),
+            self.latency_ms.to_string(),
+            self.error.clone(),
+        ]
+    }
+}

@@ -1,0 +1,235 @@
+//! Documents → jobs → engine → records: one record per document × prompt, whatever happens.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::time::Duration;
+
+use crate::engine::{Completion, Engine, Flow, Job, StopReason};
+use crate::input::Document;
+use crate::output::{Record, Sink, Status};
+use crate::prompt::PromptBuilder;
+use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+/// Generation settings shared by every job of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSettings {
+    pub ctx: usize,
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+    pub sampling: SamplingParams,
+}
+
+/// What became of the run's records.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub ok: usize,
+    pub truncated: usize,
+    pub failed: usize,
+    pub latencies: Vec<Duration>,
+    /// stdout was closed by the reader (`| head`): the run stopped early, quietly.
+    pub broken_pipe: bool,
+}
+
+impl RunSummary {
+    pub fn records(&self) -> usize {
+        self.ok + self.truncated + self.failed
+    }
+}
+
+/// A job's identity while it is in the engine.
+struct JobMeta {
+    id: String,
+    source: String,
+    prompt: String,
+    truncated: bool,
+}
+
+/// Writes records and counts them; remembers the first write error.
+struct Recorder<'s> {
+    sink: &'s mut dyn Sink,
+    summary: RunSummary,
+    write_error: Option<io::Error>,
+    on_record: &'s mut dyn FnMut(&Record),
+}
+
+impl Recorder<'_> {
+    fn emit(&mut self, record: Record) -> Flow {
+        match record.status {
+            Status::Ok => self.summary.ok += 1,
+            Status::Truncated => self.summary.truncated += 1,
+            Status::Error => self.summary.failed += 1,
+        }
+        if record.status != Status::Error {
+            self.summary
+                .latencies
+                .push(Duration::from_millis(record.latency_ms));
+        }
+        (self.on_record)(&record);
+        match self.sink.write(&record) {
+            Ok(()) => Flow::Continue,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.summary.broken_pipe = true;
+                Flow::Stop
+            }
+            Err(e) => {
+                self.write_error = Some(e);
+                Flow::Stop
+            }
+        }
+    }
+}
+
+/// Runs every document × prompt through `engine`, writing one record each to `sink`.
+/// `on_record` sees each record as it is written (progress).
+pub fn run_documents(
+    engine: &mut Engine<'_>,
+    tokenizer: &Tokenizer,
+    builders: &[PromptBuilder],
+    documents: impl Iterator<Item = Document>,
+    settings: JobSettings,
+    sink: &mut dyn Sink,
+    on_record: &mut dyn FnMut(&Record),
+) -> anyhow::Result<RunSummary> {
+    let recorder = RefCell::new(Recorder {
+        sink,
+        summary: RunSummary::default(),
+        write_error: None,
+        on_record,
+    });
+    let pending: RefCell<HashMap<usize, JobMeta>> = RefCell::new(HashMap::new());
+    let mut next_index = 0usize;
+    // Jobs of the current document not yet handed out (one per prompt).
+    let mut queued: VecDeque<Job> = VecDeque::new();
+    let mut documents = documents;
+    let mut stopped = false;
+
+    let next_job = || -> Option<Job> {
+        loop {
+            if stopped {
+                return None;
+            }
+            if let Some(job) = queued.pop_front() {
+                return Some(job);
+            }
+            let doc = documents.next()?;
+            for builder in builders {
+                let prompt_name = &builder.name().to_string();
+                let text = match &doc.text {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let rec = Record::error(&doc.id, &doc.source, prompt_name, e.clone());
+                        if recorder.borrow_mut().emit(rec) == Flow::Stop {
+                            stopped = true;
+                        }
+                        continue;
+                    }
+                };
+                if text.trim().is_empty() {
+                    let rec = Record::error(
+                        &doc.id,
+                        &doc.source,
+                        prompt_name,
+                        format!("{}: empty document", doc.source),
+                    );
+                    if recorder.borrow_mut().emit(rec) == Flow::Stop {
+                        stopped = true;
+                    }
+                    continue;
+                }
+                match builder.build(tokenizer, &doc.id, text, settings.ctx, settings.max_tokens) {
+                    Ok(built) => {
+                        let index = next_index;
+                        next_index += 1;
+                        pending.borrow_mut().insert(
+                            index,
+                            JobMeta {
+                                id: doc.id.clone(),
+                                source: doc.source.clone(),
+                                prompt: prompt_name.clone(),
+                                truncated: built.truncated,
+                            },
+                        );
+                        queued.push_back(Job {
+                            index,
+                            key: job_key(&doc.id, &doc.source, prompt_name),
+                            prompt: built.tokens,
+                            max_tokens: settings.max_tokens,
+                            ignore_eos: settings.ignore_eos,
+                            sampling: settings.sampling,
+                        });
+                    }
+                    Err(e) => {
+                        let rec = Record::error(&doc.id, &doc.source, prompt_name, e.to_string());
+                        if recorder.borrow_mut().emit(rec) == Flow::Stop {
+                            stopped = true;
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    let on_done = |done: Completion| -> Flow {
+        let meta = pending
+            .borrow_mut()
+            .remove(&done.index)
+            .expect("every completion has a pending job");
+        let record = completion_record(meta, &done, tokenizer);
+        recorder.borrow_mut().emit(record)
+    };
+
+    engine.run(next_job, on_done)?;
+    let recorder = recorder.into_inner();
+    if let Some(e) = recorder.write_error {
+        return Err(anyhow::Error::new(e).context("writing the output"));
+    }
+    Ok(recorder.summary)
+}
+
+fn completion_record(meta: JobMeta, done: &Completion, tokenizer: &Tokenizer) -> Record {
+    let mut record = Record {
+        id: meta.id,
+        source: meta.source,
+        prompt: meta.prompt,
+        status: if meta.truncated {
+            Status::Truncated
+        } else {
+            Status::Ok
+        },
+        output: String::new(),
+        stop_reason: done.stop_reason.as_str().to_string(),
+        prompt_tokens: done.prompt_tokens,
+        generated_tokens: done.tokens.len(),
+        latency_ms: done.latency.as_millis() as u64,
+        error: String::new(),
+    };
+    if done.tokens.is_empty() && done.stop_reason == StopReason::Context {
+        record.status = Status::Error;
+        record.error = format!("{}: the prompt does not fit the context", record.source);
+        return record;
+    }
+    match tokenizer.decode(&done.tokens) {
+        Ok(text) => record.output = text.trim().to_string(),
+        Err(e) => {
+            record.status = Status::Error;
+            record.error = e.to_string();
+        }
+    }
+    record
+}
+
+/// A stable per-job key for the sampler's stream: the same document and prompt always draw the
+/// same random numbers, whatever K or the order of the run.
+pub fn job_key(id: &str, source: &str, prompt: &str) -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [id, source, prompt] {
+        for b in part.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}

@@ -1,0 +1,178 @@
+//! The timing report: a table on stderr and the JSON object of `--report`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::engine::EngineStats;
+use crate::pipeline::RunSummary;
+
+/// Every key DESIGN.md §2 promises, plus a few more.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub model: String,
+    pub device: String,
+    pub sequences: usize,
+    pub batch_size: usize,
+    pub ctx_size: usize,
+    pub threads: usize,
+    pub documents_ok: usize,
+    pub documents_truncated: usize,
+    pub documents_failed: usize,
+    pub files_skipped: usize,
+    pub wall_s: f64,
+    pub load_s: f64,
+    pub prompt_tokens: usize,
+    pub prefill_s: f64,
+    pub prefill_tok_per_s: f64,
+    pub generated_tokens: usize,
+    pub decode_s: f64,
+    pub decode_tok_per_s: f64,
+    pub docs_per_min: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub steps: usize,
+    pub mean_active_sequences: f64,
+    pub kv_bytes_per_sequence: usize,
+    pub kv_bytes_total: usize,
+    pub peak_rss_bytes: u64,
+}
+
+/// What the report is made of besides the engine's counters.
+pub struct ReportInputs<'a> {
+    pub model: &'a str,
+    pub device: &'a str,
+    pub sequences: usize,
+    pub batch_size: usize,
+    pub ctx_size: usize,
+    pub threads: usize,
+    pub files_skipped: usize,
+    pub wall: Duration,
+    pub load: Duration,
+    pub kv_bytes_total: usize,
+}
+
+impl RunReport {
+    pub fn new(inputs: ReportInputs<'_>, stats: &EngineStats, summary: &RunSummary) -> Self {
+        let mut latencies: Vec<f64> = summary
+            .latencies
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let run_s = inputs.wall.as_secs_f64();
+        let done = summary.ok + summary.truncated;
+        Self {
+            model: inputs.model.to_string(),
+            device: inputs.device.to_string(),
+            sequences: inputs.sequences,
+            batch_size: inputs.batch_size,
+            ctx_size: inputs.ctx_size,
+            threads: inputs.threads,
+            documents_ok: summary.ok + summary.truncated,
+            documents_truncated: summary.truncated,
+            documents_failed: summary.failed,
+            files_skipped: inputs.files_skipped,
+            wall_s: run_s,
+            load_s: inputs.load.as_secs_f64(),
+            prompt_tokens: stats.prefill_tokens,
+            prefill_s: stats.prefill_time.as_secs_f64(),
+            prefill_tok_per_s: stats.prefill_tok_per_s(),
+            generated_tokens: stats.generated_tokens,
+            decode_s: stats.decode_time.as_secs_f64(),
+            decode_tok_per_s: stats.decode_tok_per_s(),
+            docs_per_min: if run_s > 0.0 {
+                done as f64 * 60.0 / run_s
+            } else {
+                0.0
+            },
+            latency_p50_ms: percentile(&latencies, 0.50),
+            latency_p95_ms: percentile(&latencies, 0.95),
+            steps: stats.steps,
+            mean_active_sequences: stats.mean_active_sequences(),
+            kv_bytes_per_sequence: inputs.kv_bytes_total / inputs.sequences.max(1),
+            kv_bytes_total: inputs.kv_bytes_total,
+            peak_rss_bytes: peak_rss_bytes(),
+        }
+    }
+
+    /// The human table, for stderr.
+    pub fn table(&self) -> String {
+        let mib = |b: f64| b / (1024.0 * 1024.0);
+        format!(
+            "\
+docanalyze report ({model} on {device}, {seq} sequences, {threads} threads)
+  documents   {ok} ok ({trunc} truncated), {failed} failed, {skipped} files skipped
+  wall        {wall:.2} s (+ {load:.2} s model load), {dpm:.1} docs/min
+  prefill     {pt} tokens, {pps:.1} tok/s
+  decode      {gt} tokens, {dps:.1} tok/s
+  latency     p50 {p50:.0} ms, p95 {p95:.0} ms
+  batching    {steps} steps, {active:.2} sequences in flight on average
+  memory      KV {kv:.1} MiB ({kvs:.1} MiB per sequence), peak RSS {rss:.1} MiB
+",
+            model = self.model,
+            device = self.device,
+            seq = self.sequences,
+            threads = self.threads,
+            ok = self.documents_ok,
+            trunc = self.documents_truncated,
+            failed = self.documents_failed,
+            skipped = self.files_skipped,
+            wall = self.wall_s,
+            load = self.load_s,
+            dpm = self.docs_per_min,
+            pt = self.prompt_tokens,
+            pps = self.prefill_tok_per_s,
+            gt = self.generated_tokens,
+            dps = self.decode_tok_per_s,
+            p50 = self.latency_p50_ms,
+            p95 = self.latency_p95_ms,
+            steps = self.steps,
+            active = self.mean_active_sequences,
+            kv = mib(self.kv_bytes_total as f64),
+            kvs = mib(self.kv_bytes_per_sequence as f64),
+            rss = mib(self.peak_rss_bytes as f64),
+        )
+    }
+
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, json + "\n")
+    }
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 10.0);
+        assert_eq!(percentile(&v, 0.95), 19.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}

@@ -1,0 +1,241 @@
+//! The tokenizer, built from GGUF metadata (byte-level BPE vocabulary and merges), or read from
+//! a `tokenizer.json`; plus the ids that end generation.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::model::{GgufFile, ModelError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("unsupported tokenizer `{model}` in {path}: only byte-level BPE (`gpt2`) is built from GGUF metadata; pass --tokenizer tokenizer.json")]
+    Unsupported { model: String, path: PathBuf },
+    #[error("cannot build the tokenizer of {path}: {message}")]
+    Build { path: PathBuf, message: String },
+    #[error("tokenizing failed: {0}")]
+    Encode(String),
+}
+
+/// Text ↔ token ids for one model.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eog_ids: HashSet<u32>,
+    bos: Option<(u32, String)>,
+    eos: Option<(u32, String)>,
+    add_bos: bool,
+}
+
+// Pre-tokenizer regexes of llama.cpp's `tokenizer.ggml.pre` types.
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Token types of llama.cpp's vocabulary: 3 = control, 4 = user defined.
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+impl Tokenizer {
+    /// Builds the tokenizer from `tokenizer.ggml.*` metadata, or from `override_file` if given.
+    pub fn from_gguf(
+        gguf: &GgufFile,
+        override_file: Option<&Path>,
+    ) -> Result<Self, TokenizerError> {
+        let build_err = |message: String| TokenizerError::Build {
+            path: gguf.path.clone(),
+            message,
+        };
+        let tokens = gguf.strings("tokenizer.ggml.tokens")?;
+        let inner = match override_file {
+            Some(file) => {
+                tokenizers::Tokenizer::from_file(file).map_err(|e| TokenizerError::Build {
+                    path: file.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Self::bpe_from_gguf(gguf, &tokens).map_err(build_err)?,
+        };
+        let token_at = |key: &str| -> Option<(u32, String)> {
+            let id = gguf.usize(key).ok()?;
+            tokens.get(id).map(|t| (id as u32, t.clone()))
+        };
+        let bos = token_at("tokenizer.ggml.bos_token_id");
+        let eos = token_at("tokenizer.ggml.eos_token_id");
+        let add_bos = gguf.bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+
+        // Every end-of-generation token stops a sequence: the declared eos/eot/eom ids plus
+        // the control tokens that chat templates end turns with.
+        let mut eog_ids = HashSet::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Ok(id) = gguf.usize(key) {
+                eog_ids.insert(id as u32);
+            }
+        }
+        for (id, t) in tokens.iter().enumerate() {
+            if matches!(
+                t.as_str(),
+                "<|endoftext|>"
+                    | "<|im_end|>"
+                    | "<|eot_id|>"
+                    | "<|eom_id|>"
+                    | "<|end|>"
+                    | "<end_of_turn>"
+                    | "</s>"
+            ) {
+                eog_ids.insert(id as u32);
+            }
+        }
+        Ok(Self {
+            inner,
+            eog_ids,
+            bos,
+            eos,
+            add_bos,
+        })
+    }
+
+    fn bpe_from_gguf(gguf: &GgufFile, tokens: &[String]) -> Result<tokenizers::Tokenizer, String> {
+        let model = gguf
+            .string("tokenizer.ggml.model")
+            .map_err(|e| e.to_string())?;
+        if model != "gpt2" {
+            return Err(TokenizerError::Unsupported {
+                model,
+                path: gguf.path.clone(),
+            }
+            .to_string());
+        }
+        let merges: Vec<(String, String)> = gguf
+            .strings("tokenizer.ggml.merges")
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| format!("invalid merge `{m}` in tokenizer.ggml.merges"))
+            })
+            .collect::<Result<_, _>>()?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+
+        let add_prefix_space = gguf
+            .bool("tokenizer.ggml.add_space_prefix")
+            .unwrap_or(false);
+        let pre = gguf
+            .string("tokenizer.ggml.pre")
+            .unwrap_or_else(|_| "gpt2".into());
+        let split = |regex: &str| -> Result<PreTokenizerWrapper, String> {
+            let split = Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(add_prefix_space, false, false).into(),
+            ])
+            .into())
+        };
+        let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+            // SmolLM2's tokenizer.json: every digit alone, then GPT-2 byte-level splitting.
+            "smollm" => Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(add_prefix_space, false, true).into(),
+            ])
+            .into(),
+            "llama3" | "llama-bpe" | "smaug-bpe" | "lfm2" | "falcon3" => split(REGEX_LLAMA3)?,
+            "qwen2" | "deepseek-r1-qwen" => split(REGEX_QWEN2)?,
+            _ => ByteLevel::new(add_prefix_space, false, true).into(),
+        };
+        tok.with_pre_tokenizer(Some(pre_tokenizer));
+        tok.with_decoder(Some(ByteLevelDecoder::default()));
+
+        // Control and user-defined tokens are matched whole in the text (chat markup).
+        let types = gguf
+            .integers("tokenizer.ggml.token_type")
+            .unwrap_or_default();
+        let specials: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .filter_map(|(i, _)| tokens.get(i))
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
+        tok.add_special_tokens(specials)
+            .map_err(|e| e.to_string())?;
+        Ok(tok)
+    }
+
+    /// Token ids of `text`, special markup included; a BOS is prepended when the model asks
+    /// for one and the text does not already start with it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if self.add_bos {
+            if let Some((bos, _)) = &self.bos {
+                if ids.first() != Some(bos) {
+                    ids.insert(0, *bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of plain text, no BOS (used to measure and cut documents).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens dropped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.eog_ids.contains(&id)
+    }
+
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.eog_ids.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos.as_ref().map(|(_, t)| t.as_str())
+    }
+}
