@@ -31,8 +31,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Sizes candle's and our thread pools before any work starts.
 pub fn init_threads(threads: usize) {
-    // candle reads RAYON_NUM_THREADS for its CPU kernels.
+    // candle reads RAYON_NUM_THREADS for its CPU kernels. Its elementwise ops run on a
+    // spinning barrier pool that competes with ours for the same cores; they are small next
+    // to the matmuls and attention (our rayon pool), so candle gets one thread.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();

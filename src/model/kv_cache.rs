@@ -68,6 +68,11 @@ impl SlotKvCache {
         Ok((k, v))
     }
 
+    /// The whole key and value buffers of `layer`.
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
     /// The cache row of `slot` at `position`.
     pub fn row_index(&self, slot: SlotId, position: usize) -> u32 {
         (slot.0 * self.ctx + position) as u32

@@ -1,22 +1,46 @@
 //! A weight matrix applied to a stack of activation rows, `y = x · Wᵀ (+ b)`.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
+
+use super::cpu_matmul::CpuQMatMul;
+
+/// Which matmul serves a weight.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// The project's batched CPU kernel (Q4_0, Q4_1, Q8_0).
+    Cpu(CpuQMatMul),
+    /// candle's `QMatMul`: other types, and GPUs.
+    Candle(QMatMul),
+}
 
 /// One projection of the model. Every row of the batch goes through the same matrix in a
-/// single call, so the weights are streamed once per step where the backend allows it.
+/// single call, so the weights are streamed once per step.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    backend: Backend,
     bias: Option<Tensor>,
     out_features: usize,
+}
+
+/// `DOCANALYZE_KERNEL=candle` routes every matmul through candle (for comparisons).
+fn own_kernel_enabled() -> bool {
+    std::env::var("DOCANALYZE_KERNEL").map_or(true, |v| v != "candle")
 }
 
 impl Linear {
     pub fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_features, _in) = weight.shape().dims2()?;
+        let own = match weight.device() {
+            Device::Cpu if own_kernel_enabled() => CpuQMatMul::from_qtensor(&weight)?,
+            _ => None,
+        };
+        let backend = match own {
+            Some(k) => Backend::Cpu(k),
+            None => Backend::Candle(QMatMul::from_qtensor(weight)?),
+        };
         Ok(Self {
-            weight: QMatMul::from_qtensor(weight)?,
+            backend,
             bias,
             out_features,
         })
@@ -28,7 +52,10 @@ impl Linear {
 
     /// `x`: `[rows, in_features]` → `[rows, out_features]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.backend {
+            Backend::Cpu(k) => x.contiguous()?.apply_op1_no_bwd(k)?,
+            Backend::Candle(m) => m.forward(x)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -4,9 +4,10 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
-use candle_nn::rotary_emb::rope_i;
+use candle_nn::rotary_emb::{rope, rope_i};
 
 use super::batch::Segment;
+use super::cpu_attention::CpuAttention;
 use super::{BatchStep, GgufFile, Linear, ModelConfig, ModelError, SlotKvCache};
 
 struct Layer {
@@ -33,6 +34,8 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// Run the device-generic tensor attention even on the CPU.
+    tensor_attention: bool,
 }
 
 impl Llama {
@@ -84,16 +87,39 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
+            tensor_attention: tensor_attention_forced(),
         })
+    }
+
+    /// Uses the device-generic tensor attention (as on GPUs) on the CPU too; for comparisons.
+    pub fn use_tensor_attention(&mut self, on: bool) {
+        self.tensor_attention = on;
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// Rotary position embedding of `[rows, heads, 1, head_dim]`. llama.cpp's converter
+    /// permutes llama/mistral q/k weights for adjacent pairs; qwen2 keeps the NeoX halves.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        if self.config.architecture == "qwen2" {
+            rope(&x, cos, sin)
+        } else {
+            rope_i(&x, cos, sin)
+        }
+    }
+
     /// A KV cache with `slots` sequences of `ctx` positions each.
     pub fn new_cache(&self, slots: usize, ctx: usize) -> Result<SlotKvCache, ModelError> {
         let c = &self.config;
+        if ctx > c.context_length || ctx == 0 || slots == 0 {
+            return Err(ModelError::InvalidBatch(format!(
+                "a cache of {slots} slots × {ctx} positions does not fit this model (context length {})",
+                c.context_length
+            )));
+        }
         Ok(SlotKvCache::new(
             c.n_layer,
             slots,
@@ -142,7 +168,21 @@ impl Llama {
         // position, so rows of different sequences at different positions share one call.
         let cos = self.cos.index_select(&positions, 0)?.unsqueeze(1)?;
         let sin = self.sin.index_select(&positions, 0)?.unsqueeze(1)?;
-        let masks = causal_masks(&segments, c.n_head / c.n_kv_head, dev)?;
+        let cpu_attention = match dev {
+            Device::Cpu if self.tensor_attention => None,
+            Device::Cpu => Some(CpuAttention {
+                segments: segments.clone(),
+                n_head: c.n_head,
+                n_kv_head: c.n_kv_head,
+                head_dim: c.head_dim,
+                ctx: cache.ctx(),
+            }),
+            _ => None,
+        };
+        let masks = match cpu_attention {
+            Some(_) => Vec::new(),
+            None => causal_masks(&segments, c.n_head / c.n_kv_head, dev)?,
+        };
 
         let mut x = self.token_embd.embedding(&tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -156,18 +196,25 @@ impl Llama {
                 .forward(&h)?
                 .reshape((n, c.n_kv_head, 1, c.head_dim))?;
             let v = layer.wv.forward(&h)?.reshape((n, kv_dim))?;
-            let q = rope_i(&q.contiguous()?, &cos, &sin)?.reshape((n, c.n_head, c.head_dim))?;
-            let k = rope_i(&k.contiguous()?, &cos, &sin)?.reshape((n, kv_dim))?;
+            let q = self
+                .rotate(&q, &cos, &sin)?
+                .reshape((n, c.n_head, c.head_dim))?;
+            let k = self.rotate(&k, &cos, &sin)?.reshape((n, kv_dim))?;
             cache.write(li, &cache_index, &k, &v.contiguous()?)?;
 
-            let mut outs = Vec::with_capacity(segments.len());
-            for (seg, mask) in segments.iter().zip(&masks) {
-                outs.push(self.attention(li, seg, mask.as_ref(), &q, cache)?);
-            }
-            let attn = if outs.len() == 1 {
-                outs.pop().expect("one segment")
-            } else {
-                Tensor::cat(&outs, 0)?
+            let attn = match &cpu_attention {
+                Some(op) => {
+                    let (keys, values) = cache.layer(li);
+                    q.reshape((n, c.n_head * c.head_dim))?
+                        .apply_op3_no_bwd(keys, values, op)?
+                }
+                None => {
+                    let mut outs = Vec::with_capacity(segments.len());
+                    for (seg, mask) in segments.iter().zip(&masks) {
+                        outs.push(self.attention(li, seg, mask.as_ref(), &q, cache)?);
+                    }
+                    Tensor::cat(&outs, 0)?
+                }
             };
             x = (x + layer.wo.forward(&attn)?)?;
 
@@ -196,7 +243,7 @@ impl Llama {
         Ok(self.lm_head.forward(&x)?)
     }
 
-    /// Attention of one segment's queries over its slot, grouped-query style: the query heads
+    /// Attention of one segment's queries over its slot with tensor ops (GPUs), grouped-query style: the query heads
     /// sharing a K/V head are stacked as rows, so K/V are never repeated.
     fn attention(
         &self,
@@ -271,6 +318,12 @@ fn causal_masks(
             Tensor::from_vec(mask, (seg.len * group, total), dev).map(Some)
         })
         .collect()
+}
+
+/// `DOCANALYZE_ATTENTION=tensor` runs the device-generic attention on the CPU too (tests and
+/// comparisons).
+fn tensor_attention_forced() -> bool {
+    std::env::var("DOCANALYZE_ATTENTION").is_ok_and(|v| v == "tensor")
 }
 
 fn rotary_tables(config: &ModelConfig, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {

@@ -4,10 +4,13 @@
 
 mod batch;
 mod config;
+mod cpu_attention;
+mod cpu_matmul;
 mod gguf;
 mod kv_cache;
 mod linear;
 mod llama;
+pub mod synthetic;
 
 use std::path::PathBuf;
 

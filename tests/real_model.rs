@@ -1,0 +1,197 @@
+//! The real default model: tokenizer ids and greedy output against llama.cpp's reference.
+
+mod common;
+
+use candle_core::Device;
+use docanalyze::engine::{Completion, Engine, EngineConfig, Flow, Job};
+use docanalyze::model::{BatchRow, BatchStep, GgufFile, Llama, SlotId};
+use docanalyze::prompt::{PromptBuilder, PromptTemplate, PromptVars};
+use docanalyze::sampler::SamplingParams;
+use docanalyze::tokenizer::Tokenizer;
+
+const EIFFEL: &str = "Summarize in one sentence: The Eiffel Tower is a wrought-iron lattice tower in Paris, built from 1887 to 1889 as the entrance arch for the 1889 World's Fair.";
+
+const EIFFEL_IDS: [u32; 79] = [
+    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
+    19712, 8182, 2, 198, 1, 4093, 198, 13764, 3298, 836, 281, 582, 6330, 42, 378, 414, 46682,
+    18669, 314, 253, 34554, 29, 1009, 27672, 11637, 281, 7042, 28, 2837, 429, 216, 33, 40, 40, 39,
+    288, 216, 33, 40, 40, 41, 347, 260, 11759, 2457, 327, 260, 216, 33, 40, 40, 41, 2260, 506,
+    11285, 30, 2, 198, 1, 520, 9531, 198,
+];
+
+/// llama.cpp's greedy continuation: "The Eiffel Tower is a masterpiece of engineering and
+/// architecture." then `<|im_end|>`.
+const EIFFEL_ANSWER: [u32; 13] = [
+    504, 414, 46682, 18669, 314, 253, 21720, 282, 4665, 284, 6277, 30, 2,
+];
+
+struct Loaded {
+    model: Llama,
+    tokenizer: Tokenizer,
+    chat_template: Option<String>,
+}
+
+fn load() -> Loaded {
+    let mut gguf = GgufFile::open(&common::default_model()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf, None).unwrap();
+    let chat_template = gguf.string("tokenizer.chat_template").ok();
+    let model = Llama::load(&mut gguf, &Device::Cpu).unwrap();
+    Loaded {
+        model,
+        tokenizer,
+        chat_template,
+    }
+}
+
+fn eiffel_prompt(l: &Loaded) -> Vec<u32> {
+    let raw = PromptTemplate::from_source("raw", "{{ document }}");
+    let builder = PromptBuilder::new(
+        &raw,
+        l.chat_template.as_deref(),
+        None,
+        PromptVars::default(),
+        &l.tokenizer,
+    )
+    .unwrap();
+    builder
+        .build(&l.tokenizer, "eiffel", EIFFEL, 4096, 64)
+        .unwrap()
+        .tokens
+}
+
+fn generate(l: &Loaded, prompts: &[Vec<u32>], sequences: usize) -> Vec<Completion> {
+    let mut engine = Engine::new(
+        &l.model,
+        EngineConfig {
+            sequences,
+            ctx: 512,
+            batch_size: 512,
+        },
+        l.tokenizer.end_of_generation_ids(),
+    )
+    .unwrap();
+    let mut jobs = prompts.iter().enumerate().map(|(index, p)| Job {
+        index,
+        key: index as u64,
+        prompt: p.clone(),
+        max_tokens: 40,
+        ignore_eos: false,
+        sampling: SamplingParams::default(),
+    });
+    let mut done = Vec::new();
+    engine
+        .run(
+            || jobs.next(),
+            |c| {
+                done.push(c);
+                Flow::Continue
+            },
+        )
+        .unwrap();
+    done.sort_by_key(|c| c.index);
+    done
+}
+
+#[test]
+fn chat_prompt_encodes_to_the_reference_ids() {
+    let l = load();
+    assert_eq!(eiffel_prompt(&l), EIFFEL_IDS);
+}
+
+#[test]
+fn plain_words_get_no_space_prefix() {
+    let l = load();
+    // "Hello" alone is one token without the byte-level space marker (candle's
+    // TokenizerFromGguf produced "ĠHello" here).
+    let ids = l.tokenizer.encode("Hello").unwrap();
+    assert_eq!(l.tokenizer.decode(&ids).unwrap(), "Hello");
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids, l.tokenizer.encode(" Hello").unwrap());
+}
+
+/// Tokens of the reference answer that are clear winners. The 12th ("." vs ",") is a near-tie:
+/// 0.04 logits apart with candle's tensor attention, 0.01 the other way with ours; any change
+/// of rounding (8-bit activations, summation order) can flip it, so it is checked as a tie.
+const CLEAR_PREFIX: usize = 11;
+/// The most a reference token may trail the winner at a near-tie, in logits.
+const TIE: f32 = 0.1;
+
+#[test]
+fn greedy_decoding_follows_the_reference_answer() {
+    let l = load();
+    let done = generate(&l, &[eiffel_prompt(&l)], 1);
+    assert_eq!(
+        done[0].tokens[..CLEAR_PREFIX],
+        EIFFEL_ANSWER[..CLEAR_PREFIX]
+    );
+    assert!(l
+        .tokenizer
+        .decode(&done[0].tokens)
+        .unwrap()
+        .starts_with("The Eiffel Tower is a masterpiece of engineering and architecture"));
+}
+
+#[test]
+fn reference_answer_is_the_models_choice_at_every_step() {
+    // Teacher-forced along llama.cpp's answer: every reference token must be the argmax, or
+    // within TIE of it (after the clear prefix).
+    let l = load();
+    let prompt = eiffel_prompt(&l);
+    let cache = l.model.new_cache(1, 512).unwrap();
+    let rows = |tokens: &[u32], start: usize| BatchStep {
+        rows: tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| BatchRow {
+                token,
+                position: start + i,
+                slot: SlotId(0),
+                wants_logits: i + 1 == tokens.len(),
+            })
+            .collect(),
+    };
+    let mut logits: Vec<Vec<f32>> = l
+        .model
+        .forward(&rows(&prompt, 0), &cache)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (i, &want) in EIFFEL_ANSWER.iter().enumerate() {
+        let row = &logits[0];
+        let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let gap = best - row[want as usize];
+        if i < CLEAR_PREFIX {
+            assert_eq!(gap, 0.0, "token {i}: reference {want} is not the argmax");
+        } else {
+            assert!(gap <= TIE, "token {i}: reference {want} trails by {gap}");
+        }
+        logits = l
+            .model
+            .forward(&rows(&[want], prompt.len() + i), &cache)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+    }
+}
+
+#[test]
+fn reference_answer_survives_batching_with_other_prompts() {
+    let l = load();
+    let eiffel = eiffel_prompt(&l);
+    let other = |text: &str| l.tokenizer.encode(text).unwrap();
+    let prompts = vec![
+        other("<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n"),
+        eiffel.clone(),
+        other("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"),
+        other("The quick brown fox"),
+    ];
+    let alone = generate(&l, &prompts, 1);
+    let batched = generate(&l, &prompts, 4);
+    for (a, b) in alone.iter().zip(&batched) {
+        assert_eq!(a.tokens, b.tokens, "prompt {}", a.index);
+    }
+    assert_eq!(
+        batched[1].tokens[..CLEAR_PREFIX],
+        EIFFEL_ANSWER[..CLEAR_PREFIX]
+    );
+}
