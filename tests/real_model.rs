@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::Device;
-use docanalyze::engine::{Completion, Engine, EngineConfig, Flow, Job};
+use docanalyze::engine::{Completion, Engine, EngineConfig, Flow, Job, StopReason};
 use docanalyze::model::{BatchRow, BatchStep, GgufFile, Llama, SlotId};
 use docanalyze::prompt::{PromptBuilder, PromptTemplate, PromptVars};
 use docanalyze::sampler::SamplingParams;
@@ -109,32 +109,24 @@ fn plain_words_get_no_space_prefix() {
     assert_ne!(ids, l.tokenizer.encode(" Hello").unwrap());
 }
 
-/// Tokens of the reference answer that are clear winners. The 12th ("." vs ",") is a near-tie:
-/// 0.04 logits apart with candle's tensor attention, 0.01 the other way with ours; any change
-/// of rounding (8-bit activations, summation order) can flip it, so it is checked as a tie.
-const CLEAR_PREFIX: usize = 11;
-/// The most a reference token may trail the winner at a near-tie, in logits.
-const TIE: f32 = 0.1;
-
 #[test]
-fn greedy_decoding_follows_the_reference_answer() {
+fn greedy_decoding_gives_the_reference_answer() {
     let l = load();
     let done = generate(&l, &[eiffel_prompt(&l)], 1);
+    assert_eq!(done[0].stop_reason, StopReason::Eos);
+    let mut tokens = done[0].tokens.clone();
+    tokens.push(2); // the <|im_end|> that stopped it
+    assert_eq!(tokens, EIFFEL_ANSWER);
     assert_eq!(
-        done[0].tokens[..CLEAR_PREFIX],
-        EIFFEL_ANSWER[..CLEAR_PREFIX]
+        l.tokenizer.decode(&done[0].tokens).unwrap(),
+        "The Eiffel Tower is a masterpiece of engineering and architecture."
     );
-    assert!(l
-        .tokenizer
-        .decode(&done[0].tokens)
-        .unwrap()
-        .starts_with("The Eiffel Tower is a masterpiece of engineering and architecture"));
 }
 
 #[test]
 fn reference_answer_is_the_models_choice_at_every_step() {
-    // Teacher-forced along llama.cpp's answer: every reference token must be the argmax, or
-    // within TIE of it (after the clear prefix).
+    // Teacher-forced along llama.cpp's answer: every reference token is the argmax. The
+    // closest call is the final "." over "," (0.03 logits in the f32 product).
     let l = load();
     let prompt = eiffel_prompt(&l);
     let cache = l.model.new_cache(1, 512).unwrap();
@@ -160,11 +152,10 @@ fn reference_answer_is_the_models_choice_at_every_step() {
         let row = &logits[0];
         let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let gap = best - row[want as usize];
-        if i < CLEAR_PREFIX {
-            assert_eq!(gap, 0.0, "token {i}: reference {want} is not the argmax");
-        } else {
-            assert!(gap <= TIE, "token {i}: reference {want} trails by {gap}");
-        }
+        assert_eq!(
+            gap, 0.0,
+            "token {i}: reference {want} trails the argmax by {gap}"
+        );
         logits = l
             .model
             .forward(&rows(&[want], prompt.len() + i), &cache)
@@ -190,8 +181,5 @@ fn reference_answer_survives_batching_with_other_prompts() {
     for (a, b) in alone.iter().zip(&batched) {
         assert_eq!(a.tokens, b.tokens, "prompt {}", a.index);
     }
-    assert_eq!(
-        batched[1].tokens[..CLEAR_PREFIX],
-        EIFFEL_ANSWER[..CLEAR_PREFIX]
-    );
+    assert_eq!(batched[1].tokens, EIFFEL_ANSWER[..12]);
 }

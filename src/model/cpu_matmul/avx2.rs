@@ -1,127 +1,118 @@
-//! AVX2/FMA dot products: each weight block is unpacked once into a register and multiplied
-//! with the matching block of every activation row of the tile.
+//! AVX2/FMA kernels: each weight block is dequantized once into four registers of eight f32
+//! and multiplied into every activation row of the tile.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8, BlockQ8_0, QK};
-
-/// A weight block in register form: 32 int8/uint8 values and the scalars of the block.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-pub struct Unpacked {
-    /// Unsigned operand of `maddubs` (Q4_1 nibbles, or |w| for signed types).
-    v: __m256i,
-    /// Signed weights (Q8_0, Q4_0 as q−8), whose signs move onto the activations.
-    signs: __m256i,
-    d: f32,
-    /// Coefficient of the activation block's sum `s` (Q4_1: m; 0 otherwise).
-    m: f32,
-}
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 
-/// Weight types with an AVX2 form.
+/// Weight types with an AVX2 dequantization.
 #[cfg(target_arch = "x86_64")]
 pub trait Avx2Block: super::blocks::WeightBlock {
-    const SIGNED: bool;
+    /// The block's 32 weights as f32: weights 0..8, 8..16, 16..24, 24..32.
+    ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
-    unsafe fn unpack(&self) -> Unpacked;
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4];
 }
 
+/// 16 bytes of nibbles as four vectors of eight f32 `q * d + m` (low nibbles first).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+unsafe fn nibbles_f32(qs: &[u8; 16], d: __m256, m: __m256) -> [__m256; 4] {
     let bytes = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
     let lo = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
     let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-    _mm256_set_m128i(hi, lo)
+    // (no closures here: they would not inherit the target features)
+    macro_rules! f32x8 {
+        ($v:expr) => {
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32($v)), d, m)
+        };
+    }
+    [
+        f32x8!(lo),
+        f32x8!(_mm_unpackhi_epi64(lo, lo)),
+        f32x8!(hi),
+        f32x8!(_mm_unpackhi_epi64(hi, hi)),
+    ]
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Block for BlockQ4_0 {
-    const SIGNED: bool = true;
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn unpack(&self) -> Unpacked {
-        let w = _mm256_sub_epi8(nibbles(&self.qs), _mm256_set1_epi8(8));
-        Unpacked {
-            v: _mm256_sign_epi8(w, w),
-            signs: w,
-            d: self.d,
-            m: 0.0,
-        }
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
+        let d = _mm256_set1_ps(self.d);
+        nibbles_f32(&self.qs, d, _mm256_set1_ps(-8.0 * self.d))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Block for BlockQ4_1 {
-    const SIGNED: bool = false;
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn unpack(&self) -> Unpacked {
-        Unpacked {
-            v: nibbles(&self.qs),
-            signs: _mm256_setzero_si256(),
-            d: self.d,
-            m: self.m,
-        }
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
+        nibbles_f32(&self.qs, _mm256_set1_ps(self.d), _mm256_set1_ps(self.m))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Block for BlockQ8_0 {
-    const SIGNED: bool = true;
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn unpack(&self) -> Unpacked {
-        let w = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
-        Unpacked {
-            v: _mm256_sign_epi8(w, w),
-            signs: w,
-            d: self.d,
-            m: 0.0,
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
+        let d = _mm256_set1_ps(self.d);
+        let p = self.qs.as_ptr();
+        macro_rules! f32x8 {
+            ($i:expr) => {
+                _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        p.add($i) as *const __m128i
+                    ))),
+                    d,
+                )
+            };
         }
+        [f32x8!(0), f32x8!(8), f32x8!(16), f32x8!(24)]
     }
 }
 
-/// `out[o * T + t] = Σ_b dot(w[o][b], a[t][b])` for `T` activation rows (`acts`, `T × nb`
-/// blocks) and the weight rows of `w_rows` (each `nb` blocks).
+/// `out[o * T + t] = x[t] · w[o]` for `T` activation rows (`x`, row stride `cols`) and the
+/// weight rows of `w_rows` (each `cols / 32` blocks).
+///
+/// Each row keeps two accumulators (weights 0..8 and 16..24 of every block in one, 8..16 and
+/// 24..32 in the other) so the FMAs of a block do not wait on each other; the order of
+/// operations for one output is the same for every `T`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2 and FMA; `x` holds `T` rows of `cols` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn tile<B: Avx2Block, const T: usize>(
     w_rows: &[B],
-    nb: usize,
-    acts: &[BlockQ8],
+    cols: usize,
+    x: &[f32],
     out: &mut [f32],
 ) {
-    let ones = _mm256_set1_epi16(1);
+    let nb = cols / QK;
+    let xp = x.as_ptr();
     for (o, w_row) in w_rows.chunks_exact(nb).enumerate() {
-        let mut acc = [_mm256_setzero_ps(); T];
-        let mut msum = [0f32; T];
+        let mut acc0 = [_mm256_setzero_ps(); T];
+        let mut acc1 = [_mm256_setzero_ps(); T];
         for (b, wb) in w_row.iter().enumerate() {
-            let u = wb.unpack();
+            let w = wb.dequantize_avx2();
             for t in 0..T {
-                let a = acts.get_unchecked(t * nb + b);
-                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
-                let av = if B::SIGNED {
-                    _mm256_sign_epi8(av, u.signs)
-                } else {
-                    av
-                };
-                let p16 = _mm256_maddubs_epi16(u.v, av);
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(u.d * a.d), acc[t]);
-                if !B::SIGNED {
-                    msum[t] += u.m * a.s;
-                }
+                let xb = xp.add(t * cols + b * QK);
+                acc0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb), w[0], acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(8)), w[1], acc1[t]);
+                acc0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(16)), w[2], acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(24)), w[3], acc1[t]);
             }
         }
         for t in 0..T {
-            *out.get_unchecked_mut(o * T + t) = hsum(acc[t]) + msum[t];
+            *out.get_unchecked_mut(o * T + t) = hsum(_mm256_add_ps(acc0[t], acc1[t]));
         }
     }
 }
@@ -149,6 +140,3 @@ pub fn available() -> bool {
         false
     }
 }
-
-#[allow(dead_code)]
-const _: () = assert!(QK == 32);

@@ -1,111 +1,31 @@
-//! GGUF weight blocks (Q4_0, Q4_1, Q8_0) and the 8-bit activation blocks they are dotted with.
+//! GGUF weight blocks (Q4_0, Q4_1, Q8_0), decoded from their file bytes once at load time.
 
 use half::f16;
 
-/// Elements per block, for every type handled here.
+/// Weights per block, for every type handled here.
 pub const QK: usize = 32;
 
-/// 32 activations quantized to int8: `x ≈ d * qs`, `s ≈ d * Σ qs` (llama.cpp's Q8_1; the
-/// sum serves the min term of Q4_1). `d` and `s` are rounded through f16 exactly as candle's
-/// `BlockQ8_1` does, so results agree with candle's `QMatMul` (the GPU path) and with the
-/// llama.cpp reference outputs the tests check.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
-pub struct BlockQ8 {
-    pub qs: [i8; QK],
-    pub d: f32,
-    pub s: f32,
-}
-
-impl BlockQ8 {
-    const ZERO: Self = Self {
-        qs: [0; QK],
-        d: 0.0,
-        s: 0.0,
-    };
-
-    #[inline(always)]
-    pub fn quantize(x: &[f32]) -> Self {
-        debug_assert_eq!(x.len(), QK);
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut qs = [0i8; QK];
-        let mut sum = 0i32;
-        for (q, v) in qs.iter_mut().zip(x) {
-            // round half away from zero, like C's roundf
-            *q = (v * id).round() as i8;
-            sum += i32::from(*q);
-        }
-        let d16 = f16::from_f32(d).to_f32();
-        Self {
-            qs,
-            d: d16,
-            s: (f16::from_f32(sum as f32) * f16::from_f32(d)).to_f32(),
-        }
-    }
-}
-
-/// Quantizes rows of activations (each row a multiple of 32 long), block after block.
-pub fn quantize_rows(x: &[f32]) -> Vec<BlockQ8> {
-    use rayon::prelude::*;
-    const BLOCKS_PER_TASK: usize = 128;
-    let mut out = vec![BlockQ8::ZERO; x.len() / QK];
-    if out.len() <= BLOCKS_PER_TASK {
-        quantize_into(x, &mut out);
-    } else {
-        out.par_chunks_mut(BLOCKS_PER_TASK)
-            .zip(x.par_chunks(BLOCKS_PER_TASK * QK))
-            .for_each(|(o, x)| quantize_into(x, o));
-    }
-    out
-}
-
-fn quantize_into(x: &[f32], out: &mut [BlockQ8]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2::available() {
-        // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { quantize_into_avx2(x, out) };
-        return;
-    }
-    quantize_into_portable(x, out);
-}
-
-/// The same code compiled for AVX2 (vectorized max and rounding; same results).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_into_avx2(x: &[f32], out: &mut [BlockQ8]) {
-    quantize_into_portable(x, out);
-}
-
-#[inline(always)]
-fn quantize_into_portable(x: &[f32], out: &mut [BlockQ8]) {
-    for (o, x) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        *o = BlockQ8::quantize(x);
-    }
-}
-
-/// A weight block: decoded from its GGUF bytes once, at load time.
+/// A weight block.
 pub trait WeightBlock: Copy + Send + Sync + 'static {
     /// Bytes of one block in the GGUF file.
     const BYTES: usize;
     fn read(bytes: &[u8]) -> Self;
-    /// Exact dot product with an activation block (the portable path).
-    fn dot(&self, a: &BlockQ8) -> f32;
+    /// The 32 weights as f32, `w[i]` = weight `i` of the block (the portable path).
+    fn dequantize(&self) -> [f32; QK];
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// `x = d * (q - 8)`, q in 0..16; low nibbles are elements 0..16, high nibbles 16..32.
+/// `w = d * (q - 8)`, q in 0..16; low nibbles are weights 0..16, high nibbles 16..32.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockQ4_0 {
     pub d: f32,
     pub qs: [u8; 16],
 }
 
-/// `x = d * q + m`, q in 0..16; nibble order as Q4_0.
+/// `w = d * q + m`, q in 0..16; nibble order as Q4_0.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockQ4_1 {
     pub d: f32,
@@ -113,20 +33,20 @@ pub struct BlockQ4_1 {
     pub qs: [u8; 16],
 }
 
-/// `x = d * q`, q in -128..128.
+/// `w = d * q`, q in -128..128.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockQ8_0 {
     pub d: f32,
     pub qs: [i8; QK],
 }
 
-fn nibble_dot(qs: &[u8; 16], a: &[i8; QK]) -> i32 {
-    let mut sum = 0i32;
+fn nibbles(qs: &[u8; 16], f: impl Fn(f32) -> f32) -> [f32; QK] {
+    let mut w = [0f32; QK];
     for j in 0..16 {
-        sum += i32::from(qs[j] & 0x0F) * i32::from(a[j]);
-        sum += i32::from(qs[j] >> 4) * i32::from(a[j + 16]);
+        w[j] = f(f32::from(qs[j] & 0x0F));
+        w[j + 16] = f(f32::from(qs[j] >> 4));
     }
-    sum
+    w
 }
 
 impl WeightBlock for BlockQ4_0 {
@@ -139,13 +59,8 @@ impl WeightBlock for BlockQ4_0 {
             qs,
         }
     }
-    fn dot(&self, a: &BlockQ8) -> f32 {
-        let mut sum = 0i32;
-        for j in 0..16 {
-            sum += (i32::from(self.qs[j] & 0x0F) - 8) * i32::from(a.qs[j]);
-            sum += (i32::from(self.qs[j] >> 4) - 8) * i32::from(a.qs[j + 16]);
-        }
-        sum as f32 * (self.d * a.d)
+    fn dequantize(&self) -> [f32; QK] {
+        nibbles(&self.qs, |q| (q - 8.0) * self.d)
     }
 }
 
@@ -160,8 +75,8 @@ impl WeightBlock for BlockQ4_1 {
             qs,
         }
     }
-    fn dot(&self, a: &BlockQ8) -> f32 {
-        nibble_dot(&self.qs, &a.qs) as f32 * (self.d * a.d) + self.m * a.s
+    fn dequantize(&self) -> [f32; QK] {
+        nibbles(&self.qs, |q| q.mul_add(self.d, self.m))
     }
 }
 
@@ -177,13 +92,7 @@ impl WeightBlock for BlockQ8_0 {
             qs,
         }
     }
-    fn dot(&self, a: &BlockQ8) -> f32 {
-        let sum: i32 = self
-            .qs
-            .iter()
-            .zip(&a.qs)
-            .map(|(&w, &x)| i32::from(w) * i32::from(x))
-            .sum();
-        sum as f32 * (self.d * a.d)
+    fn dequantize(&self) -> [f32; QK] {
+        self.qs.map(|q| f32::from(q) * self.d)
     }
 }
