@@ -3,11 +3,10 @@
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
+use candle_nn::ops::{rms_norm, silu};
 use candle_nn::rotary_emb::{rope, rope_i};
 
-use super::batch::Segment;
-use super::cpu_attention::CpuAttention;
+use super::attention::AttentionPlan;
 use super::{BatchStep, GgufFile, Linear, ModelConfig, ModelError, SlotKvCache};
 
 struct Layer {
@@ -168,21 +167,7 @@ impl Llama {
         // position, so rows of different sequences at different positions share one call.
         let cos = self.cos.index_select(&positions, 0)?.unsqueeze(1)?;
         let sin = self.sin.index_select(&positions, 0)?.unsqueeze(1)?;
-        let cpu_attention = match dev {
-            Device::Cpu if self.tensor_attention => None,
-            Device::Cpu => Some(CpuAttention {
-                segments: segments.clone(),
-                n_head: c.n_head,
-                n_kv_head: c.n_kv_head,
-                head_dim: c.head_dim,
-                ctx: cache.ctx(),
-            }),
-            _ => None,
-        };
-        let masks = match cpu_attention {
-            Some(_) => Vec::new(),
-            None => causal_masks(&segments, c.n_head / c.n_kv_head, dev)?,
-        };
+        let attention = AttentionPlan::new(&segments, c, cache.ctx(), dev, self.tensor_attention)?;
 
         let mut x = self.token_embd.embedding(&tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -202,20 +187,7 @@ impl Llama {
             let k = self.rotate(&k, &cos, &sin)?.reshape((n, kv_dim))?;
             cache.write(li, &cache_index, &k, &v.contiguous()?)?;
 
-            let attn = match &cpu_attention {
-                Some(op) => {
-                    let (keys, values) = cache.layer(li);
-                    q.reshape((n, c.n_head * c.head_dim))?
-                        .apply_op3_no_bwd(keys, values, op)?
-                }
-                None => {
-                    let mut outs = Vec::with_capacity(segments.len());
-                    for (seg, mask) in segments.iter().zip(&masks) {
-                        outs.push(self.attention(li, seg, mask.as_ref(), &q, cache)?);
-                    }
-                    Tensor::cat(&outs, 0)?
-                }
-            };
+            let attn = attention.forward(li, &q, cache)?;
             x = (x + layer.wo.forward(&attn)?)?;
 
             let h = rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
@@ -242,82 +214,6 @@ impl Llama {
         let x = rms_norm(&x, &self.output_norm, c.rms_eps)?;
         Ok(self.lm_head.forward(&x)?)
     }
-
-    /// Attention of one segment's queries over its slot with tensor ops (GPUs), grouped-query style: the query heads
-    /// sharing a K/V head are stacked as rows, so K/V are never repeated.
-    fn attention(
-        &self,
-        layer: usize,
-        seg: &Segment,
-        mask: Option<&Tensor>,
-        q: &Tensor,
-        cache: &SlotKvCache,
-    ) -> candle_core::Result<Tensor> {
-        let c = &self.config;
-        let (n, kvh, hd) = (seg.len, c.n_kv_head, c.head_dim);
-        let group = c.n_head / kvh;
-        let total = seg.first_position + n;
-        let (k, v) = cache
-            .slot_prefix(layer, seg.slot, total)
-            .map_err(|e| e.context("reading the KV cache"))?;
-        // [n, H, hd] -> [kvh, n * group, hd]
-        let q = q
-            .narrow(0, seg.start, n)?
-            .reshape((n, kvh, group, hd))?
-            .permute((1, 0, 2, 3))?
-            .contiguous()?
-            .reshape((kvh, n * group, hd))?;
-        let k = k.permute((1, 2, 0))?; // [kvh, hd, total]
-        let v = v.permute((1, 0, 2))?; // [kvh, total, hd]
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = softmax_last_dim(&scores)?;
-        probs
-            .matmul(&v.contiguous()?)?
-            .reshape((kvh, n, group, hd))?
-            .permute((1, 0, 2, 3))?
-            .contiguous()?
-            .reshape((n, kvh * group * hd))
-    }
-}
-
-/// `[n * group, total]` additive masks for segments of more than one row: query row `i` (at
-/// position `first + i`) may see keys `0..=first + i`. Single decode rows see everything.
-///
-/// ```text
-///            keys: 0 .. first-1 | first .. first+n-1
-/// row 0:           0 ...      0 | 0  -inf -inf
-/// row 1:           0 ...      0 | 0  0    -inf
-/// row n-1:         0 ...      0 | 0  0    0
-/// ```
-fn causal_masks(
-    segments: &[Segment],
-    group: usize,
-    dev: &Device,
-) -> candle_core::Result<Vec<Option<Tensor>>> {
-    segments
-        .iter()
-        .map(|seg| {
-            if seg.len == 1 {
-                return Ok(None);
-            }
-            let total = seg.first_position + seg.len;
-            let mut mask = Vec::with_capacity(seg.len * group * total);
-            for i in 0..seg.len {
-                let visible = seg.first_position + i + 1;
-                for _ in 0..group {
-                    mask.extend(
-                        (0..total).map(|j| if j < visible { 0f32 } else { f32::NEG_INFINITY }),
-                    );
-                }
-            }
-            Tensor::from_vec(mask, (seg.len * group, total), dev).map(Some)
-        })
-        .collect()
 }
 
 /// `DOCANALYZE_ATTENTION=tensor` runs the device-generic attention on the CPU too (tests and

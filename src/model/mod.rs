@@ -2,6 +2,7 @@
 //!
 //! Knows nothing of files beyond the GGUF itself, nor of documents or output formats.
 
+mod attention;
 mod batch;
 mod config;
 mod cpu_attention;

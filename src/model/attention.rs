@@ -1,0 +1,235 @@
+//! Attention for one forward pass: which rows go to the CPU decode kernel and which to tensor
+//! ops, planned once per step and applied at every layer.
+//!
+//! Prompt rows are split into blocks at positions that are multiples of [`ATTENTION_BLOCK`], so
+//! a row's attention is computed with the same shapes however its prompt was chunked into
+//! steps: batched and sequential runs give the same bits.
+
+use candle_core::{Device, Result, Tensor};
+use candle_nn::ops::softmax_last_dim;
+
+use super::batch::Segment;
+use super::cpu_attention::{CpuAttention, DecodeRow};
+use super::{ModelConfig, SlotKvCache};
+
+/// Prompt positions are attended in blocks aligned to multiples of this.
+pub const ATTENTION_BLOCK: usize = 256;
+
+/// How the rows of one step are attended.
+pub struct AttentionPlan {
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    /// Blocks of more than one row (or every block off the CPU), with their causal masks.
+    tensor_blocks: Vec<(Segment, Option<Tensor>)>,
+    /// Single rows attended by the CPU kernel, and their row indices in the step.
+    cpu: Option<(CpuAttention, Vec<usize>, Tensor)>,
+    rows: usize,
+}
+
+impl AttentionPlan {
+    pub fn new(
+        segments: &[Segment],
+        config: &ModelConfig,
+        ctx: usize,
+        device: &Device,
+        force_tensor: bool,
+    ) -> Result<Self> {
+        let group = config.n_head / config.n_kv_head;
+        let use_cpu = matches!(device, Device::Cpu) && !force_tensor;
+        let mut tensor_blocks = Vec::new();
+        let mut decode_rows = Vec::new();
+        let mut decode_index = Vec::new();
+        for block in segments
+            .iter()
+            .flat_map(|s| split_blocks(s, ATTENTION_BLOCK))
+        {
+            if use_cpu && block.len == 1 {
+                decode_rows.push(DecodeRow {
+                    slot: block.slot,
+                    position: block.first_position,
+                });
+                decode_index.push(block.start);
+            } else {
+                let mask = causal_mask(&block, group, device)?;
+                tensor_blocks.push((block, mask));
+            }
+        }
+        let rows = segments.iter().map(|s| s.len).sum();
+        let cpu = if decode_rows.is_empty() {
+            None
+        } else {
+            let index: Vec<u32> = decode_index.iter().map(|&i| i as u32).collect();
+            let index = Tensor::new(index, device)?;
+            let op = CpuAttention {
+                rows: decode_rows,
+                n_head: config.n_head,
+                n_kv_head: config.n_kv_head,
+                head_dim: config.head_dim,
+                ctx,
+            };
+            Some((op, decode_index, index))
+        };
+        Ok(Self {
+            n_head: config.n_head,
+            n_kv_head: config.n_kv_head,
+            head_dim: config.head_dim,
+            tensor_blocks,
+            cpu,
+            rows,
+        })
+    }
+
+    /// `q`: `[rows, n_head, head_dim]`, rotated; returns `[rows, n_head * head_dim]`.
+    pub fn forward(&self, layer: usize, q: &Tensor, cache: &SlotKvCache) -> Result<Tensor> {
+        let width = self.n_head * self.head_dim;
+        let mut pieces: Vec<(usize, Tensor)> = Vec::new();
+        if let Some((op, starts, index)) = &self.cpu {
+            let q2 = q.reshape((self.rows, width))?;
+            let q_rows = if starts.len() == self.rows {
+                q2 // every row is a decode row, in order
+            } else {
+                q2.index_select(index, 0)?
+            };
+            let (keys, values) = cache.layer(layer);
+            let out = q_rows.contiguous()?.apply_op3_no_bwd(keys, values, op)?;
+            if starts.len() == self.rows {
+                return Ok(out);
+            }
+            for (i, &start) in starts.iter().enumerate() {
+                pieces.push((start, out.narrow(0, i, 1)?));
+            }
+        }
+        for (block, mask) in &self.tensor_blocks {
+            pieces.push((
+                block.start,
+                self.tensor_block(layer, block, mask.as_ref(), q, cache)?,
+            ));
+        }
+        pieces.sort_by_key(|(start, _)| *start);
+        let mut tensors: Vec<Tensor> = pieces.into_iter().map(|(_, t)| t).collect();
+        if tensors.len() == 1 {
+            return Ok(tensors.pop().expect("one piece"));
+        }
+        Tensor::cat(&tensors, 0)
+    }
+
+    /// One block's queries over its slot with tensor ops (gemm on the CPU, GPU kernels
+    /// elsewhere), grouped-query style: the query heads sharing a K/V head are stacked as rows,
+    /// so K/V are never repeated.
+    fn tensor_block(
+        &self,
+        layer: usize,
+        block: &Segment,
+        mask: Option<&Tensor>,
+        q: &Tensor,
+        cache: &SlotKvCache,
+    ) -> Result<Tensor> {
+        let (n, kvh, hd) = (block.len, self.n_kv_head, self.head_dim);
+        let group = self.n_head / kvh;
+        let total = block.first_position + n;
+        let (k, v) = cache.slot_prefix(layer, block.slot, total)?;
+        // [n, H, hd] -> [kvh, n * group, hd]
+        let q = q
+            .narrow(0, block.start, n)?
+            .reshape((n, kvh, group, hd))?
+            .permute((1, 0, 2, 3))?
+            .contiguous()?
+            .reshape((kvh, n * group, hd))?;
+        let k = k.permute((1, 2, 0))?; // [kvh, hd, total]
+        let v = v.permute((1, 0, 2))?; // [kvh, total, hd]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        softmax_last_dim(&scores)?
+            .matmul(&v.contiguous()?)?
+            .reshape((kvh, n, group, hd))?
+            .permute((1, 0, 2, 3))?
+            .contiguous()?
+            .reshape((n, kvh * group * hd))
+    }
+}
+
+/// Splits a segment at positions that are multiples of `block`.
+fn split_blocks(seg: &Segment, block: usize) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let end = seg.first_position + seg.len;
+    let mut pos = seg.first_position;
+    while pos < end {
+        let stop = ((pos / block + 1) * block).min(end);
+        out.push(Segment {
+            slot: seg.slot,
+            start: seg.start + (pos - seg.first_position),
+            len: stop - pos,
+            first_position: pos,
+        });
+        pos = stop;
+    }
+    out
+}
+
+/// `[n * group, total]` additive mask for a block of more than one row: query row `i` (at
+/// position `first + i`) may see keys `0..=first + i`. A single row sees everything.
+///
+/// ```text
+///            keys: 0 .. first-1 | first .. first+n-1
+/// row 0:           0 ...      0 | 0  -inf -inf
+/// row 1:           0 ...      0 | 0  0    -inf
+/// row n-1:         0 ...      0 | 0  0    0
+/// ```
+fn causal_mask(block: &Segment, group: usize, dev: &Device) -> Result<Option<Tensor>> {
+    if block.len == 1 {
+        return Ok(None);
+    }
+    let total = block.first_position + block.len;
+    let mut mask = Vec::with_capacity(block.len * group * total);
+    for i in 0..block.len {
+        let visible = block.first_position + i + 1;
+        for _ in 0..group {
+            mask.extend((0..total).map(|j| if j < visible { 0f32 } else { f32::NEG_INFINITY }));
+        }
+    }
+    Tensor::from_vec(mask, (block.len * group, total), dev).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SlotId;
+
+    #[test]
+    fn blocks_split_at_aligned_positions() {
+        let seg = Segment {
+            slot: SlotId(1),
+            start: 3,
+            len: 10,
+            first_position: 6,
+        };
+        let blocks = split_blocks(&seg, 4);
+        let spans: Vec<(usize, usize, usize)> = blocks
+            .iter()
+            .map(|b| (b.start, b.first_position, b.len))
+            .collect();
+        assert_eq!(spans, vec![(3, 6, 2), (5, 8, 4), (9, 12, 4)]);
+    }
+
+    #[test]
+    fn mask_hides_later_positions_of_the_block() {
+        let block = Segment {
+            slot: SlotId(0),
+            start: 0,
+            len: 2,
+            first_position: 3,
+        };
+        let m: Vec<Vec<f32>> = causal_mask(&block, 1, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m, vec![vec![0.0, 0.0, 0.0, 0.0, inf], vec![0.0; 5]]);
+    }
+}
