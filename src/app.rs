@@ -1,20 +1,24 @@
 //! Wiring: validated config → model → documents → engine → sinks → report → exit code.
 
 use std::cell::Cell;
+use std::io::Write;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, RunArgs};
-use crate::config::RunConfig;
+use crate::bench::{measure, BenchJobs, BenchReport};
+use crate::cli::{BenchArgs, Cli, Command, InfoArgs, RunArgs};
+use crate::config::{BenchConfig, InfoConfig, JobsConfig, RunConfig};
 use crate::device::device_name;
 use crate::engine::{Engine, EngineConfig};
-use crate::input::documents;
+use crate::info::ModelInfo;
+use crate::input::{count_documents, documents};
 use crate::loaded_model::LoadedModel;
 use crate::output::open_sink;
 use crate::pipeline::{run_documents, JobSettings};
+use crate::progress::Terminal;
 use crate::prompt::PromptBuilder;
 use crate::report::{ReportInputs, RunReport};
 
@@ -23,9 +27,12 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 /// Exit code of a fatal error.
 pub const EXIT_FATAL: u8 = 2;
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the command; `terminal` is stderr as shared with the log lines.
+pub fn run(cli: Cli, terminal: &Terminal) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run_command(&args),
+        Command::Run(args) => run_command(&args, terminal),
+        Command::Bench(args) => bench_command(&args, terminal),
+        Command::Info(args) => info_command(&args),
     }
 }
 
@@ -43,24 +50,40 @@ pub fn init_threads(threads: usize) {
         .build_global();
 }
 
-fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let config = RunConfig::try_from(args)?;
-    init_threads(config.model.threads);
-    let loaded = LoadedModel::load(&config.model)?;
-    let ctx = loaded.context_size(config.ctx_size)?;
-    let builders = config
+/// One prompt builder per `--prompt`, in the model's chat template.
+fn prompt_builders(jobs: &JobsConfig, loaded: &LoadedModel) -> anyhow::Result<Vec<PromptBuilder>> {
+    let builders = jobs
         .prompts
         .iter()
         .map(|p| {
             PromptBuilder::new(
                 p,
                 loaded.chat_template.as_deref(),
-                config.system.clone(),
-                config.vars.clone(),
+                jobs.system.clone(),
+                jobs.vars.clone(),
                 &loaded.tokenizer,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(builders)
+}
+
+fn job_settings(jobs: &JobsConfig, ctx: usize) -> JobSettings {
+    JobSettings {
+        ctx,
+        max_tokens: jobs.max_tokens,
+        ignore_eos: jobs.ignore_eos,
+        sampling: jobs.sampling,
+    }
+}
+
+fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> {
+    let config = RunConfig::try_from(args)?;
+    let jobs = &config.jobs;
+    init_threads(config.model.threads);
+    let loaded = LoadedModel::load(&config.model)?;
+    let ctx = loaded.context_size(config.ctx_size)?;
+    let builders = prompt_builders(jobs, &loaded)?;
 
     let mut engine = Engine::new(
         &loaded.model,
@@ -72,30 +95,30 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
         loaded.tokenizer.end_of_generation_ids(),
     )?;
     // Opened only now: a failed start never truncates yesterday's results.
-    let mut sink = open_sink(&config.output, config.format)
+    let mut sink = open_sink(&config.output, config.format, || terminal.stdout())
         .with_context(|| format!("cannot write output {}", config.output))?;
 
     let skipped = Rc::new(Cell::new(0));
-    let docs = documents(
-        config.inputs.clone(),
-        config.fields.clone(),
-        skipped.clone(),
-    );
+    let docs = documents(jobs.inputs.clone(), jobs.fields.clone(), skipped.clone());
+    let total = count_documents(&jobs.inputs).map(|n| n * builders.len());
+    let unit = if builders.len() == 1 {
+        "docs"
+    } else {
+        "records"
+    };
+    let mut progress = terminal.progress(total, unit, "");
     let started = Instant::now();
     let summary = run_documents(
         &mut engine,
         &loaded.tokenizer,
         &builders,
         docs,
-        JobSettings {
-            ctx,
-            max_tokens: config.max_tokens,
-            ignore_eos: config.ignore_eos,
-            sampling: config.sampling,
-        },
+        job_settings(jobs, ctx),
         sink.as_mut(),
-        &mut |_| {},
+        &mut progress,
     )?;
+    let wall = started.elapsed();
+    progress.finish();
     let report = RunReport::new(
         ReportInputs {
             model: &loaded.path.display().to_string(),
@@ -105,15 +128,16 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
             ctx_size: ctx,
             threads: config.model.threads,
             files_skipped: skipped.get(),
-            wall: started.elapsed(),
+            wall,
             load: loaded.load_time,
             kv_bytes_total: engine.cache_bytes(),
         },
         &engine.stats,
         &summary,
     );
-    if !config.quiet {
-        eprint!("{}", report.table());
+    // A closed stdout (`| head`) ends the run quietly: no table.
+    if !config.quiet && !summary.broken_pipe {
+        terminal.eprint(&report.table());
     }
     if let Some(path) = &config.report {
         report
@@ -125,4 +149,66 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Ok(ExitCode::from(EXIT_SOME_FAILED))
     }
+}
+
+fn bench_command(args: &BenchArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> {
+    let config = BenchConfig::try_from(args)?;
+    let jobs = &config.jobs;
+    init_threads(config.model.threads);
+    let loaded = LoadedModel::load(&config.model)?;
+    let ctx = loaded.context_size(config.ctx_size)?;
+    let builders = prompt_builders(jobs, &loaded)?;
+    // Read once, so every K sees the same documents (stdin included) and no K pays for I/O.
+    let skipped = Rc::new(Cell::new(0));
+    let docs: Vec<_> = documents(jobs.inputs.clone(), jobs.fields.clone(), skipped).collect();
+    let bench = BenchJobs {
+        loaded: &loaded,
+        builders: &builders,
+        documents: &docs,
+        settings: job_settings(jobs, ctx),
+        batch_size: config.batch_size,
+        threads: config.model.threads,
+    };
+    let runs = config
+        .sequences
+        .iter()
+        .map(|&k| measure(&bench, k, terminal))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = BenchReport::new(&bench, &runs);
+    if !report.outputs_identical {
+        tracing::warn!("the records differ between values of --sequences");
+    }
+    std::io::stdout()
+        .write_all(report.table().as_bytes())
+        .context("writing the table")?;
+    if let Some(path) = &config.report {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    if report.documents_failed() == 0 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_SOME_FAILED))
+    }
+}
+
+fn info_command(args: &InfoArgs) -> anyhow::Result<ExitCode> {
+    let config = InfoConfig::try_from(args)?;
+    let path = config.model.resolve()?;
+    let info = ModelInfo::read(
+        &path,
+        config.ctx_size,
+        config.batch_size,
+        config.memory_budget,
+    )?;
+    let text = if config.json {
+        serde_json::to_string_pretty(&info)? + "\n"
+    } else {
+        info.table()
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing the model description")?;
+    Ok(ExitCode::SUCCESS)
 }

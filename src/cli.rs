@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::info::MemoryBudget;
 use crate::output::Format;
 
 const EXIT_CODES: &str = "Exit codes:
@@ -11,6 +12,16 @@ const EXIT_CODES: &str = "Exit codes:
   1  the run finished but some documents failed (their records have status=error)
   2  fatal: bad arguments, model cannot load, output not writable
 A closed stdout pipe (e.g. `| head`) ends the run quietly with 0.";
+
+const BENCH_EXIT_CODES: &str = "Exit codes:
+  0  every K ran and every document ok
+  1  the runs finished but some documents failed
+  2  fatal: bad arguments, model cannot load, report not writable
+The table goes to stdout; whether the outputs were identical at every K is its last line.";
+
+const INFO_EXIT_CODES: &str = "Exit codes:
+  0  the model was described
+  2  fatal: bad arguments, the model cannot be read";
 
 /// Run a local quantized LLM over many documents at once.
 #[derive(Debug, Parser)]
@@ -20,17 +31,35 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The `-q`/`-v` flags of the command, if it has them.
+    pub fn report_args(&self) -> Option<&ReportArgs> {
+        match &self.command {
+            Command::Run(args) => Some(&args.report),
+            Command::Bench(args) => Some(&args.report),
+            Command::Info(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every document × prompt through the model, one record each.
+    #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Run the same documents at several --sequences values and print a speedup table.
+    #[command(after_help = BENCH_EXIT_CODES)]
+    Bench(BenchArgs),
+    /// Describe a GGUF model: architecture, quantization, KV cache bytes, the largest K that fits
+    /// in memory.
+    #[command(after_help = INFO_EXIT_CODES)]
+    Info(InfoArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directories (walked recursively), files, .jsonl/.ndjson files, or - for JSONL on stdin.
-    #[arg(required = true, value_name = "INPUT")]
-    pub inputs: Vec<String>,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -46,6 +75,61 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+
+    #[command(flatten)]
+    pub engine: BenchEngineArgs,
+
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// GGUF model: a path or hf:OWNER/REPO/FILE.gguf [default: the default model].
+    #[arg(long, env = "DOCANALYZE_MODEL")]
+    pub model: Option<String>,
+
+    /// Context positions per sequence for the KV sizes [default: min(model context, 4096)].
+    #[arg(long)]
+    pub ctx_size: Option<usize>,
+
+    /// Tokens in one forward pass, for the activation estimate.
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+
+    /// Memory for weights, KV caches and activations: bytes (suffixes K, M, G, KiB, MiB, GiB)
+    /// or auto (MemAvailable from /proc/meminfo).
+    #[arg(long, default_value = "auto", value_name = "BYTES|auto")]
+    pub memory_budget: MemoryBudget,
+
+    /// Print JSON instead of the aligned text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Directories (walked recursively), files, .jsonl/.ndjson files, or - for JSONL on stdin.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
 
     /// JSONL field holding the document text.
     #[arg(long, default_value = "text", help_heading = "Input")]
@@ -127,6 +211,28 @@ pub struct EngineArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Engine")]
+pub struct BenchEngineArgs {
+    /// The values of K to measure, comma separated, each run on the same jobs; speedups are
+    /// relative to the first.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,4,8",
+        value_name = "K,K,..."
+    )]
+    pub sequences: Vec<usize>,
+
+    /// Most tokens in one forward pass (prompts are prefilled in chunks of this size).
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+
+    /// Context positions per sequence [default: min(model context, 4096)].
+    #[arg(long)]
+    pub ctx_size: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 #[command(next_help_heading = "Generation")]
 pub struct GenerationArgs {
     /// Most tokens generated per document.
@@ -164,12 +270,16 @@ pub struct OutputArgs {
     /// Output format [default: from the extension of --output, else jsonl].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+}
 
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Report")]
+pub struct ReportArgs {
     /// Write the timing report as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
 
-    /// No progress bar, no report table on stderr.
+    /// No progress bar, no report table on stderr, only errors logged.
     #[arg(short, long)]
     pub quiet: bool,
 

@@ -1,10 +1,11 @@
 //! What the user asked for, validated and resolved: the one place flags are checked against
 //! each other.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::cli::{DeviceArg, RunArgs};
-use crate::input::{InputSpec, JsonlFields};
+use crate::cli::{BenchArgs, DeviceArg, GenerationArgs, InfoArgs, InputArgs, PromptArgs, RunArgs};
+use crate::info::MemoryBudget;
+use crate::input::{is_jsonl, InputSpec, JsonlFields, TextKind};
 use crate::model_source::ModelRef;
 use crate::output::Format;
 use crate::prompt::{PromptTemplate, PromptVars};
@@ -27,30 +28,58 @@ pub struct ModelConfig {
     pub threads: usize,
 }
 
-/// A validated `run`.
+/// The jobs of a run: which documents, which prompts, how each answer is generated.
 #[derive(Debug, Clone)]
-pub struct RunConfig {
+pub struct JobsConfig {
     pub inputs: Vec<InputSpec>,
     pub fields: JsonlFields,
-    pub model: ModelConfig,
     pub prompts: Vec<PromptTemplate>,
     pub vars: PromptVars,
     pub system: Option<String>,
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+    pub sampling: SamplingParams,
+}
+
+/// A validated `run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub jobs: JobsConfig,
+    pub model: ModelConfig,
     pub sequences: usize,
     pub batch_size: usize,
     /// Resolved against the model's context once it is loaded.
     pub ctx_size: Option<usize>,
-    pub max_tokens: usize,
-    pub ignore_eos: bool,
-    pub sampling: SamplingParams,
     pub output: String,
     pub format: Format,
     pub report: Option<PathBuf>,
     pub quiet: bool,
 }
 
+/// A validated `bench`.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub jobs: JobsConfig,
+    pub model: ModelConfig,
+    /// The values of K, in the order given; the first is the speedup baseline.
+    pub sequences: Vec<usize>,
+    pub batch_size: usize,
+    pub ctx_size: Option<usize>,
+    pub report: Option<PathBuf>,
+}
+
+/// A validated `info`.
+#[derive(Debug, Clone)]
+pub struct InfoConfig {
+    pub model: ModelRef,
+    pub ctx_size: Option<usize>,
+    pub batch_size: usize,
+    pub memory_budget: MemoryBudget,
+    pub json: bool,
+}
+
 pub fn model_config(args: &crate::cli::ModelArgs) -> Result<ModelConfig, ConfigError> {
-    let model = ModelRef::parse(args.model.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
+    let model = model_ref(args.model.as_deref())?;
     let threads = match args.threads {
         Some(0) => return err("--threads must be at least 1"),
         Some(n) => n,
@@ -64,92 +93,285 @@ pub fn model_config(args: &crate::cli::ModelArgs) -> Result<ModelConfig, ConfigE
     })
 }
 
+fn model_ref(arg: Option<&str>) -> Result<ModelRef, ConfigError> {
+    ModelRef::parse(arg).map_err(|e| ConfigError(format!("--model: {e}")))
+}
+
+/// Checks `--sequences` (the largest K of the run), `--batch-size` and `--ctx-size`.
+fn check_engine(
+    sequences: usize,
+    batch_size: usize,
+    ctx: Option<usize>,
+) -> Result<(), ConfigError> {
+    if sequences == 0 {
+        return err("--sequences must be at least 1");
+    }
+    if batch_size == 0 {
+        return err("--batch-size must be at least 1");
+    }
+    if batch_size < sequences {
+        return err(format!(
+            "--batch-size {batch_size} is smaller than --sequences {sequences}: every sequence needs a row in each step"
+        ));
+    }
+    if ctx == Some(0) {
+        return err("--ctx-size must be at least 1");
+    }
+    Ok(())
+}
+
+/// The output must not be one of the inputs (it would be truncated) nor a document of an input
+/// directory (the run would read its own records as documents, without end).
+fn check_output_outside_inputs(output: &Path, inputs: &[InputSpec]) -> Result<(), ConfigError> {
+    let hidden = output
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+    let readable = !hidden && (is_jsonl(output) || TextKind::of(output).is_some());
+    let Some(parent) = output.parent() else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(dir) = parent.canonicalize() else {
+        return Ok(()); // an unwritable output is reported when it is opened
+    };
+    let Some(name) = output.file_name() else {
+        return Ok(());
+    };
+    // An existing output may be a link to an input.
+    let output = dir.join(name).canonicalize().unwrap_or(dir.join(name));
+    for input in inputs {
+        let (path, is_dir) = match input {
+            InputSpec::Dir(p) => (p, true),
+            InputSpec::File(p) | InputSpec::Jsonl(p) => (p, false),
+            InputSpec::Stdin => continue,
+        };
+        let Ok(path) = path.canonicalize() else {
+            continue;
+        };
+        if is_dir && readable && output.starts_with(&path) {
+            return err(format!(
+                "--output {} is inside the input folder {}, where the run would read it as a document: write it somewhere else",
+                output.display(),
+                path.display()
+            ));
+        }
+        if !is_dir && output == path {
+            return err(format!(
+                "--output {} is also an input: write it somewhere else",
+                output.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn jobs_config(
+    input: &InputArgs,
+    prompt: &PromptArgs,
+    g: &GenerationArgs,
+) -> Result<JobsConfig, ConfigError> {
+    if g.max_tokens == 0 {
+        return err("--max-tokens must be at least 1");
+    }
+    if !(g.temperature >= 0.0 && g.temperature.is_finite()) {
+        return err("--temperature must be a number >= 0");
+    }
+    if !(g.top_p > 0.0 && g.top_p <= 1.0) {
+        return err("--top-p must be in (0, 1]");
+    }
+    let prompts = prompt
+        .prompts
+        .iter()
+        .map(|p| PromptTemplate::resolve(p).map_err(|e| ConfigError(format!("--prompt: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() != prompts.len() {
+        return err("--prompt: the same prompt is given twice");
+    }
+    if prompt.prompts.iter().any(|p| p == "classify") && prompt.labels.is_empty() {
+        return err("--prompt classify needs --labels a,b,c");
+    }
+    if prompt.prompts.iter().any(|p| p == "extract") && prompt.fields.is_empty() {
+        return err("--prompt extract needs --fields name,date,...");
+    }
+    let inputs = input
+        .inputs
+        .iter()
+        .map(|i| InputSpec::classify(i).map_err(|e| ConfigError(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if inputs.iter().filter(|i| **i == InputSpec::Stdin).count() > 1 {
+        return err("- (stdin) can be given only once");
+    }
+    Ok(JobsConfig {
+        inputs,
+        fields: JsonlFields {
+            text: input.text_field.clone(),
+            id: input.id_field.clone(),
+        },
+        prompts,
+        vars: PromptVars {
+            labels: prompt.labels.clone(),
+            fields: prompt.fields.clone(),
+        },
+        system: prompt.system.clone(),
+        max_tokens: g.max_tokens,
+        ignore_eos: g.ignore_eos,
+        sampling: SamplingParams {
+            temperature: g.temperature,
+            top_k: g.top_k,
+            top_p: g.top_p,
+            seed: g.seed,
+        },
+    })
+}
+
 impl TryFrom<&RunArgs> for RunConfig {
     type Error = ConfigError;
 
     fn try_from(args: &RunArgs) -> Result<Self, ConfigError> {
         let e = &args.engine;
-        let g = &args.generation;
         let sequences = if e.sequential { 1 } else { e.sequences };
-        if sequences == 0 {
-            return err("--sequences must be at least 1");
-        }
-        if e.batch_size == 0 {
-            return err("--batch-size must be at least 1");
-        }
-        if e.batch_size < sequences {
-            return err(format!(
-                "--batch-size {} is smaller than --sequences {sequences}: every sequence needs a row in each step",
-                e.batch_size
-            ));
-        }
-        if e.ctx_size == Some(0) {
-            return err("--ctx-size must be at least 1");
-        }
-        if g.max_tokens == 0 {
-            return err("--max-tokens must be at least 1");
-        }
-        if !(g.temperature >= 0.0 && g.temperature.is_finite()) {
-            return err("--temperature must be a number >= 0");
-        }
-        if !(g.top_p > 0.0 && g.top_p <= 1.0) {
-            return err("--top-p must be in (0, 1]");
-        }
-        let prompts = args
-            .prompt
-            .prompts
-            .iter()
-            .map(|p| PromptTemplate::resolve(p).map_err(|e| ConfigError(format!("--prompt: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        if names.len() != prompts.len() {
-            return err("--prompt: the same prompt is given twice");
-        }
-        if args.prompt.prompts.iter().any(|p| p == "classify") && args.prompt.labels.is_empty() {
-            return err("--prompt classify needs --labels a,b,c");
-        }
-        if args.prompt.prompts.iter().any(|p| p == "extract") && args.prompt.fields.is_empty() {
-            return err("--prompt extract needs --fields name,date,...");
-        }
-        let inputs = args
-            .inputs
-            .iter()
-            .map(|i| InputSpec::classify(i).map_err(|e| ConfigError(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        if inputs.iter().filter(|i| **i == InputSpec::Stdin).count() > 1 {
-            return err("- (stdin) can be given only once");
-        }
+        check_engine(sequences, e.batch_size, e.ctx_size)?;
+        let jobs = jobs_config(&args.input, &args.prompt, &args.generation)?;
         let o = &args.output;
+        if o.output != "-" {
+            check_output_outside_inputs(Path::new(&o.output), &jobs.inputs)?;
+        }
         Ok(Self {
-            inputs,
-            fields: JsonlFields {
-                text: args.text_field.clone(),
-                id: args.id_field.clone(),
-            },
+            jobs,
             model: model_config(&args.model)?,
-            prompts,
-            vars: PromptVars {
-                labels: args.prompt.labels.clone(),
-                fields: args.prompt.fields.clone(),
-            },
-            system: args.prompt.system.clone(),
             sequences,
             batch_size: e.batch_size,
             ctx_size: e.ctx_size,
-            max_tokens: g.max_tokens,
-            ignore_eos: g.ignore_eos,
-            sampling: SamplingParams {
-                temperature: g.temperature,
-                top_k: g.top_k,
-                top_p: g.top_p,
-                seed: g.seed,
-            },
             format: o.format.unwrap_or_else(|| Format::from_path(&o.output)),
             output: o.output.clone(),
-            report: o.report.clone(),
-            quiet: o.quiet,
+            report: args.report.report.clone(),
+            quiet: args.report.quiet,
         })
+    }
+}
+
+impl TryFrom<&BenchArgs> for BenchConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: &BenchArgs) -> Result<Self, ConfigError> {
+        let e = &args.engine;
+        if e.sequences.is_empty() {
+            return err("--sequences needs at least one value");
+        }
+        let smallest = e.sequences.iter().copied().min().unwrap_or(0);
+        let largest = e.sequences.iter().copied().max().unwrap_or(0);
+        check_engine(smallest, e.batch_size, e.ctx_size)?;
+        check_engine(largest, e.batch_size, e.ctx_size)?;
+        let jobs = jobs_config(&args.input, &args.prompt, &args.generation)?;
+        Ok(Self {
+            jobs,
+            model: model_config(&args.model)?,
+            sequences: e.sequences.clone(),
+            batch_size: e.batch_size,
+            ctx_size: e.ctx_size,
+            report: args.report.report.clone(),
+        })
+    }
+}
+
+impl TryFrom<&InfoArgs> for InfoConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: &InfoArgs) -> Result<Self, ConfigError> {
+        check_engine(1, args.batch_size, args.ctx_size)?;
+        Ok(Self {
+            model: model_ref(args.model.as_deref())?,
+            ctx_size: args.ctx_size,
+            batch_size: args.batch_size,
+            memory_budget: args.memory_budget,
+            json: args.json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn run_config(args: &[&str]) -> Result<RunConfig, ConfigError> {
+        let cli = Cli::try_parse_from([&["docanalyze", "run"], args].concat()).expect("parses");
+        match &cli.command {
+            Command::Run(run) => RunConfig::try_from(run),
+            _ => unreachable!("a run command"),
+        }
+    }
+
+    fn bench_config(args: &[&str]) -> Result<BenchConfig, ConfigError> {
+        let cli = Cli::try_parse_from([&["docanalyze", "bench"], args].concat()).expect("parses");
+        match &cli.command {
+            Command::Bench(bench) => BenchConfig::try_from(bench),
+            _ => unreachable!("a bench command"),
+        }
+    }
+
+    fn message<T: std::fmt::Debug>(result: Result<T, ConfigError>) -> String {
+        result.expect_err("refused").0
+    }
+
+    #[test]
+    fn engine_sizes_must_be_positive() {
+        assert!(message(run_config(&["-", "--sequences", "0"])).contains("--sequences"));
+        assert!(message(run_config(&["-", "--batch-size", "0"])).contains("--batch-size"));
+        assert!(message(run_config(&["-", "--ctx-size", "0"])).contains("--ctx-size"));
+        assert!(message(run_config(&["-", "--max-tokens", "0"])).contains("--max-tokens"));
+        assert!(message(bench_config(&["-", "--sequences", "1,0"])).contains("--sequences"));
+        assert!(message(bench_config(&[
+            "-",
+            "--sequences",
+            "8",
+            "--batch-size",
+            "4"
+        ]))
+        .contains("--batch-size"));
+    }
+
+    #[test]
+    fn bench_keeps_the_order_of_k() {
+        let config = bench_config(&["-", "--sequences", "4,1,2"]).expect("valid");
+        assert_eq!(config.sequences, [4, 1, 2]);
+        assert_eq!(bench_config(&["-"]).expect("valid").sequences, [1, 2, 4, 8]);
+    }
+
+    #[test]
+    fn format_comes_from_the_output_extension() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = dir.path().join("out.csv");
+        let config = run_config(&["-", "-o", csv.to_str().expect("utf-8")]).expect("valid");
+        assert_eq!(config.format, Format::Csv);
+        assert_eq!(run_config(&["-"]).expect("valid").format, Format::Jsonl);
+        let forced = run_config(&["-", "-o", csv.to_str().expect("utf-8"), "--format", "jsonl"]);
+        assert_eq!(forced.expect("valid").format, Format::Jsonl);
+    }
+
+    #[test]
+    fn output_inside_an_input_folder_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let docs = dir.path().join("docs");
+        std::fs::create_dir(&docs).expect("mkdir");
+        let doc = docs.join("a.txt");
+        std::fs::write(&doc, "text").expect("write");
+        let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+        let inside = s(&docs.join("out.jsonl"));
+        assert!(message(run_config(&[&s(&docs), "-o", &inside])).contains("inside the input"));
+        assert!(message(run_config(&[&s(&doc), "-o", &s(&doc)])).contains("also an input"));
+        // Files the walk would not read are fine, and so is a sibling folder.
+        assert!(run_config(&[&s(&docs), "-o", &s(&docs.join(".out.csv"))]).is_ok());
+        assert!(run_config(&[&s(&docs), "-o", &s(&docs.join("out.log"))]).is_ok());
+        assert!(run_config(&[&s(&docs), "-o", &s(&dir.path().join("out.csv"))]).is_ok());
     }
 }

@@ -2,16 +2,19 @@
 //! together with their KV caches batched into shared forward passes.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod device;
 pub mod engine;
+pub mod info;
 pub mod input;
 pub mod loaded_model;
 pub mod model;
 pub mod model_source;
 pub mod output;
 pub mod pipeline;
+pub mod progress;
 pub mod prompt;
 pub mod report;
 pub mod sampler;

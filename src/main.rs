@@ -1,29 +1,35 @@
 //! The `docanalyze` binary: parse, run, map the outcome to an exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use docanalyze::app::{self, EXIT_FATAL};
 use docanalyze::cli::Cli;
+use docanalyze::progress::Terminal;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
-    match app::run(cli) {
+    let (quiet, verbose) = cli
+        .report_args()
+        .map_or((false, 0), |r| (r.quiet, r.verbose));
+    let terminal = Terminal::new(!quiet);
+    init_logging(quiet, verbose, &terminal);
+    match app::run(cli, &terminal) {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("docanalyze: error: {err:#}");
+            terminal.eprint(&format!("docanalyze: error: {err:#}\n"));
             ExitCode::from(EXIT_FATAL)
         }
     }
 }
 
-fn init_logging(cli: &Cli) {
-    let docanalyze::cli::Command::Run(args) = &cli.command;
-    let level = match (args.output.quiet, args.output.verbose) {
+/// Logs go to stderr through `terminal`, so they never tear the progress bar.
+fn init_logging(quiet: bool, verbose: u8, terminal: &Terminal) {
+    let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "info",
@@ -33,7 +39,8 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(terminal.clone())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();

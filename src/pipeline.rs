@@ -1,6 +1,6 @@
 //! Documents → jobs → engine → records: one record per document × prompt, whatever happens.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::Duration;
@@ -38,6 +38,21 @@ impl RunSummary {
     }
 }
 
+/// Watches a run as it goes (the progress bar). `in_flight` is the number of jobs in the
+/// engine at that moment.
+pub trait RunObserver {
+    /// A job was handed to the engine.
+    fn job_started(&mut self, in_flight: usize);
+    /// A record was produced (and is about to be written).
+    fn record_finished(&mut self, record: &Record, in_flight: usize);
+}
+
+/// Observes nothing.
+impl RunObserver for () {
+    fn job_started(&mut self, _in_flight: usize) {}
+    fn record_finished(&mut self, _record: &Record, _in_flight: usize) {}
+}
+
 /// A job's identity while it is in the engine.
 struct JobMeta {
     id: String,
@@ -51,11 +66,11 @@ struct Recorder<'s> {
     sink: &'s mut dyn Sink,
     summary: RunSummary,
     write_error: Option<io::Error>,
-    on_record: &'s mut dyn FnMut(&Record),
+    observer: &'s mut dyn RunObserver,
 }
 
 impl Recorder<'_> {
-    fn emit(&mut self, record: Record) -> Flow {
+    fn emit(&mut self, record: Record, in_flight: usize) -> Flow {
         match record.status {
             Status::Ok => self.summary.ok += 1,
             Status::Truncated => self.summary.truncated += 1,
@@ -66,7 +81,7 @@ impl Recorder<'_> {
                 .latencies
                 .push(Duration::from_millis(record.latency_ms));
         }
-        (self.on_record)(&record);
+        self.observer.record_finished(&record, in_flight);
         match self.sink.write(&record) {
             Ok(()) => Flow::Continue,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
@@ -82,7 +97,7 @@ impl Recorder<'_> {
 }
 
 /// Runs every document × prompt through `engine`, writing one record each to `sink`.
-/// `on_record` sees each record as it is written (progress).
+/// `observer` sees each job start and each record as it is written (progress).
 pub fn run_documents(
     engine: &mut Engine<'_>,
     tokenizer: &Tokenizer,
@@ -90,14 +105,16 @@ pub fn run_documents(
     documents: impl Iterator<Item = Document>,
     settings: JobSettings,
     sink: &mut dyn Sink,
-    on_record: &mut dyn FnMut(&Record),
+    observer: &mut dyn RunObserver,
 ) -> anyhow::Result<RunSummary> {
     let recorder = RefCell::new(Recorder {
         sink,
         summary: RunSummary::default(),
         write_error: None,
-        on_record,
+        observer,
     });
+    // Jobs handed to the engine and not yet completed.
+    let in_flight = Cell::new(0usize);
     let pending: RefCell<HashMap<usize, JobMeta>> = RefCell::new(HashMap::new());
     let mut next_index = 0usize;
     // Jobs of the current document not yet handed out (one per prompt).
@@ -111,6 +128,8 @@ pub fn run_documents(
                 return None;
             }
             if let Some(job) = queued.pop_front() {
+                in_flight.set(in_flight.get() + 1);
+                recorder.borrow_mut().observer.job_started(in_flight.get());
                 return Some(job);
             }
             let doc = documents.next()?;
@@ -120,7 +139,7 @@ pub fn run_documents(
                     Ok(t) => t,
                     Err(e) => {
                         let rec = Record::error(&doc.id, &doc.source, prompt_name, e.clone());
-                        if recorder.borrow_mut().emit(rec) == Flow::Stop {
+                        if recorder.borrow_mut().emit(rec, in_flight.get()) == Flow::Stop {
                             stopped = true;
                         }
                         continue;
@@ -133,7 +152,7 @@ pub fn run_documents(
                         prompt_name,
                         format!("{}: empty document", doc.source),
                     );
-                    if recorder.borrow_mut().emit(rec) == Flow::Stop {
+                    if recorder.borrow_mut().emit(rec, in_flight.get()) == Flow::Stop {
                         stopped = true;
                     }
                     continue;
@@ -162,7 +181,7 @@ pub fn run_documents(
                     }
                     Err(e) => {
                         let rec = Record::error(&doc.id, &doc.source, prompt_name, e.to_string());
-                        if recorder.borrow_mut().emit(rec) == Flow::Stop {
+                        if recorder.borrow_mut().emit(rec, in_flight.get()) == Flow::Stop {
                             stopped = true;
                         }
                     }
@@ -177,7 +196,8 @@ pub fn run_documents(
             .remove(&done.index)
             .expect("every completion has a pending job");
         let record = completion_record(meta, &done, tokenizer);
-        recorder.borrow_mut().emit(record)
+        in_flight.set(in_flight.get().saturating_sub(1));
+        recorder.borrow_mut().emit(record, in_flight.get())
     };
 
     engine.run(next_job, on_done)?;

@@ -8,7 +8,30 @@ use serde::Serialize;
 use crate::engine::EngineStats;
 use crate::pipeline::RunSummary;
 
-/// Every key DESIGN.md §2 promises, plus a few more.
+/// The keys DESIGN.md §2 promises in the JSON report (it has a few more).
+pub const REPORT_KEYS: [&str; 19] = [
+    "model",
+    "device",
+    "sequences",
+    "batch_size",
+    "documents_ok",
+    "documents_failed",
+    "wall_s",
+    "load_s",
+    "prompt_tokens",
+    "prefill_tok_per_s",
+    "generated_tokens",
+    "decode_tok_per_s",
+    "docs_per_min",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "mean_active_sequences",
+    "kv_bytes_per_sequence",
+    "kv_bytes_total",
+    "peak_rss_bytes",
+];
+
+/// Every key of [`REPORT_KEYS`], plus a few more.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub model: String,
@@ -167,6 +190,53 @@ pub fn peak_rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_has_every_promised_key() {
+        let summary = RunSummary {
+            ok: 3,
+            failed: 1,
+            latencies: vec![Duration::from_millis(10), Duration::from_millis(30)],
+            ..RunSummary::default()
+        };
+        let stats = EngineStats {
+            steps: 4,
+            prefill_tokens: 100,
+            prefill_time: Duration::from_secs(1),
+            decode_tokens: 20,
+            decode_time: Duration::from_secs(2),
+            generated_tokens: 20,
+            active_sum: 8,
+        };
+        let report = RunReport::new(
+            ReportInputs {
+                model: "m.gguf",
+                device: "cpu",
+                sequences: 2,
+                batch_size: 512,
+                ctx_size: 256,
+                threads: 1,
+                files_skipped: 0,
+                wall: Duration::from_secs(6),
+                load: Duration::from_secs(1),
+                kv_bytes_total: 2048,
+            },
+            &stats,
+            &summary,
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        for key in REPORT_KEYS {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(json["documents_ok"], 3);
+        assert_eq!(json["documents_failed"], 1);
+        assert_eq!(json["prefill_tok_per_s"], 100.0);
+        assert_eq!(json["decode_tok_per_s"], 10.0);
+        assert_eq!(json["docs_per_min"], 30.0);
+        assert_eq!(json["mean_active_sequences"], 2.0);
+        assert_eq!(json["kv_bytes_per_sequence"], 1024);
+        assert_eq!(json["latency_p95_ms"], 30.0);
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

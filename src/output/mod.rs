@@ -35,10 +35,27 @@ pub trait Sink {
     fn write(&mut self, record: &Record) -> io::Result<()>;
 }
 
-/// Opens `-` (stdout) or a file, replacing it.
-pub fn open_sink(output: &str, format: Format) -> io::Result<Box<dyn Sink>> {
+/// Keeps the records in memory, in the order they finished (`bench` compares them across K).
+#[derive(Debug, Default)]
+pub struct RecordBuffer {
+    pub records: Vec<Record>,
+}
+
+impl Sink for RecordBuffer {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        self.records.push(record.clone());
+        Ok(())
+    }
+}
+
+/// Opens `-` (the writer `stdout` gives) or a file, replacing it.
+pub fn open_sink(
+    output: &str,
+    format: Format,
+    stdout: impl FnOnce() -> Box<dyn Write>,
+) -> io::Result<Box<dyn Sink>> {
     let writer: Box<dyn Write> = if output == "-" {
-        Box::new(io::stdout().lock())
+        stdout()
     } else {
         Box::new(BufWriter::new(File::create(Path::new(output))?))
     };
@@ -46,4 +63,17 @@ pub fn open_sink(output: &str, format: Format) -> io::Result<Box<dyn Sink>> {
         Format::Csv => Box::new(CsvSink::new(writer)?),
         Format::Jsonl => Box::new(JsonlSink::new(writer)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_follows_the_extension() {
+        assert_eq!(Format::from_path("out.csv"), Format::Csv);
+        assert_eq!(Format::from_path("OUT.CSV"), Format::Csv);
+        assert_eq!(Format::from_path("out.jsonl"), Format::Jsonl);
+        assert_eq!(Format::from_path("-"), Format::Jsonl);
+    }
 }

@@ -1,0 +1,192 @@
+//! `docanalyze run` through the binary on a tiny random model: output formats, stdout hygiene,
+//! a closed pipe, several prompts, the report and the exit codes.
+
+mod cli_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use cli_support::{stderr_of, stdout_of, Workspace};
+use serde_json::Value;
+
+/// The contract's CSV columns, in order.
+const CSV_HEADER: &str =
+    "id,source,prompt,status,output,stop_reason,prompt_tokens,generated_tokens,latency_ms,error";
+
+/// The keys DESIGN.md §2 promises in `--report`.
+const REPORT_KEYS: [&str; 19] = [
+    "model",
+    "device",
+    "sequences",
+    "batch_size",
+    "documents_ok",
+    "documents_failed",
+    "wall_s",
+    "load_s",
+    "prompt_tokens",
+    "prefill_tok_per_s",
+    "generated_tokens",
+    "decode_tok_per_s",
+    "docs_per_min",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "mean_active_sequences",
+    "kv_bytes_per_sequence",
+    "kv_bytes_total",
+    "peak_rss_bytes",
+];
+
+#[test]
+fn csv_output_starts_with_the_contract_header() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 3);
+    let out = ws.path("out.csv");
+    ws.run()
+        .arg(&docs)
+        .arg("-o")
+        .arg(&out)
+        .arg("-q")
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().next(), Some(CSV_HEADER));
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    assert_eq!(reader.records().count(), 3);
+}
+
+#[test]
+fn jsonl_on_stdout_is_data_only() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 3);
+    // Not quiet: the report table and any logs must go to stderr.
+    let output = ws.run().arg(&docs).output().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stdout = stdout_of(&output);
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert!(r["id"].as_str().unwrap().starts_with("doc-"));
+        assert_ne!(r["status"], "error", "{r}");
+    }
+    assert!(stderr_of(&output).contains("docanalyze report"));
+}
+
+#[test]
+fn progress_bar_stays_off_a_stderr_that_is_not_a_terminal() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 2);
+    let output = ws.run().arg(&docs).output().unwrap();
+    let stderr = stderr_of(&output);
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+    assert!(!stderr.contains("\x1b["), "{stderr:?}");
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_run_quietly() {
+    let ws = Workspace::new();
+    // More records than a pipe buffers (64 KiB), so the run must notice the closed pipe.
+    let tickets = ws.jsonl("tickets.jsonl", 600);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("docanalyze"))
+        .args([
+            "run",
+            "--ctx-size",
+            "256",
+            "--max-tokens",
+            "8",
+            "--threads",
+            "1",
+        ])
+        .arg("--model")
+        .arg(&ws.model)
+        .arg(&tickets)
+        .env_remove("DOCANALYZE_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    {
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        reader.read_line(&mut first).unwrap();
+    } // `head -n 1` exits: the read end closes.
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&output);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("error"), "{stderr}");
+    let record: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(record["id"], "t0");
+}
+
+#[test]
+fn two_prompts_give_two_records_per_document() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 3);
+    let out = ws.path("out.csv");
+    ws.run()
+        .arg(&docs)
+        .args(["--prompt", "summarize", "--prompt", "keywords", "-q", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    let mut pairs: Vec<(String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[2].to_string())
+        })
+        .collect();
+    pairs.sort();
+    let expected: Vec<(String, String)> = (0..3)
+        .flat_map(|i| ["keywords", "summarize"].map(|p| (format!("doc-{i:03}.txt"), p.to_string())))
+        .collect();
+    assert_eq!(pairs, expected);
+}
+
+#[test]
+fn report_json_has_every_promised_key() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 3);
+    let report = ws.path("report.json");
+    ws.run()
+        .arg(&docs)
+        .args(["-q", "--sequences", "2", "-o"])
+        .arg(ws.path("out.jsonl"))
+        .arg("--report")
+        .arg(&report)
+        .assert()
+        .success();
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for key in REPORT_KEYS {
+        assert!(json.get(key).is_some(), "report lacks {key}: {json}");
+    }
+    assert_eq!(json["sequences"], 2);
+    assert_eq!(json["documents_ok"], 3);
+    assert_eq!(json["documents_failed"], 0);
+    assert!(json["generated_tokens"].as_u64().unwrap() > 0);
+    assert!(json["kv_bytes_total"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_failed_document_makes_exit_code_one() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 2);
+    std::fs::write(docs.join("empty.txt"), "  \n").unwrap();
+    let output = ws.run().arg(&docs).arg("-q").output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let stdout = stdout_of(&output);
+    let failed: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["status"] == "error")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["id"], "empty.txt");
+}
