@@ -35,12 +35,7 @@ fn parse() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--model" => args.model = value.into(),
             "--threads" => args.threads = value.parse()?,
-            "--npl" => {
-                args.npl = value
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
+            "--npl" => args.npl = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--npp" => args.npp = value.parse()?,
             "--ntg" => args.ntg = value.parse()?,
             _ => anyhow::bail!("unknown flag {flag}"),
@@ -58,7 +53,13 @@ fn prompt(tokenizer: &Tokenizer, seq: usize, n: usize) -> anyhow::Result<Vec<u32
 
 /// Runs `jobs` at once on `sequences` slots; returns (prefill s, decode s, prefill tokens,
 /// decode tokens, wall s).
-fn run(model: &Llama, tokenizer: &Tokenizer, sequences: usize, npp: usize, ntg: usize) -> anyhow::Result<(f64, f64, usize, usize, f64)> {
+fn run(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    sequences: usize,
+    npp: usize,
+    ntg: usize,
+) -> anyhow::Result<(f64, f64, usize, usize, f64)> {
     let mut engine = Engine::new(
         model,
         EngineConfig {
@@ -102,7 +103,11 @@ fn main() -> anyhow::Result<()> {
     let model = Llama::load(&mut gguf, &Device::Cpu)?;
     run(&model, &tokenizer, 1, 16, 4)?; // warm-up
 
-    println!("docanalyze, {} threads, {}", args.threads, args.model.display());
+    println!(
+        "docanalyze, {} threads, {}",
+        args.threads,
+        args.model.display()
+    );
     println!("llama-bench workload:");
     let (pp, _, pp_tokens, _, _) = run(&model, &tokenizer, 1, 512, 1)?;
     let (_, tg, _, tg_tokens, _) = run(&model, &tokenizer, 1, 16, args.ntg + 1)?;

@@ -3,7 +3,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 
-use super::cpu_matmul::CpuQMatMul;
+use super::cpu_matmul::{CpuQMatMul, CpuQMatMulGroup};
 
 /// Which matmul serves a weight.
 #[derive(Debug, Clone)]
@@ -48,6 +48,40 @@ impl Linear {
 
     pub fn out_features(&self) -> usize {
         self.out_features
+    }
+
+    /// Several projections of the same `x` (q/k/v, gate/up): on the CPU kernel, one pass over
+    /// the pool for all of them; the same values as calling [`Linear::forward`] on each.
+    pub fn forward_group(parts: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let kernels: Option<Vec<CpuQMatMul>> = parts
+            .iter()
+            .map(|l| match &l.backend {
+                Backend::Cpu(k) => Some(k.clone()),
+                Backend::Candle(_) => None,
+            })
+            .collect();
+        let same_input = kernels.as_ref().is_some_and(|ks| {
+            ks.windows(2)
+                .all(|w| w[0].in_features() == w[1].in_features())
+        });
+        let Some(kernels) = kernels.filter(|_| same_input) else {
+            return parts.iter().map(|l| l.forward(x)).collect();
+        };
+        let joint = x
+            .contiguous()?
+            .apply_op1_no_bwd(&CpuQMatMulGroup(kernels))?;
+        let mut offset = 0;
+        parts
+            .iter()
+            .map(|l| {
+                let y = joint.narrow(1, offset, l.out_features)?;
+                offset += l.out_features;
+                match &l.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            })
+            .collect()
     }
 
     /// `x`: `[rows, in_features]` → `[rows, out_features]`.

@@ -172,15 +172,10 @@ impl Llama {
         let mut x = self.token_embd.embedding(&tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let q = layer
-                .wq
-                .forward(&h)?
-                .reshape((n, c.n_head, 1, c.head_dim))?;
-            let k = layer
-                .wk
-                .forward(&h)?
-                .reshape((n, c.n_kv_head, 1, c.head_dim))?;
-            let v = layer.wv.forward(&h)?.reshape((n, kv_dim))?;
+            let qkv = Linear::forward_group(&[&layer.wq, &layer.wk, &layer.wv], &h)?;
+            let q = qkv[0].reshape((n, c.n_head, 1, c.head_dim))?;
+            let k = qkv[1].reshape((n, c.n_kv_head, 1, c.head_dim))?;
+            let v = qkv[2].reshape((n, kv_dim))?;
             let q = self
                 .rotate(&q, &cos, &sin)?
                 .reshape((n, c.n_head, c.head_dim))?;
@@ -191,9 +186,9 @@ impl Llama {
             x = (x + layer.wo.forward(&attn)?)?;
 
             let h = rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
-            let gate = silu(&layer.w_gate.forward(&h)?)?;
-            let up = layer.w_up.forward(&h)?;
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+            let gate_up = Linear::forward_group(&[&layer.w_gate, &layer.w_up], &h)?;
+            let hidden = (silu(&gate_up[0])? * &gate_up[1])?;
+            x = (x + layer.w_down.forward(&hidden)?)?;
         }
 
         let wanted: Vec<u32> = step

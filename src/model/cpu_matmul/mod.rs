@@ -23,6 +23,8 @@ pub use avx2::available as avx2_available;
 
 /// Activation rows multiplied with one dequantized weight block.
 const MAX_TILE: usize = 4;
+/// Smallest matmul (in multiply-adds) split over the thread pool.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Weight rows visited together by all tiles of activation rows (L1-sized).
 const W_CHUNK: usize = 16;
 
@@ -77,50 +79,100 @@ impl CpuQMatMul {
 
     /// `y = x · Wᵀ` for `x` of `rows × in_features`; returns `rows × out_features`.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        let rows = x.len() / self.in_features;
-        let mut y = vec![0f32; rows * self.out_features];
-        match &*self.packed {
-            Packed::Q4_0(w) => self.run(w, x, rows, &mut y),
-            Packed::Q4_1(w) => self.run(w, x, rows, &mut y),
-            Packed::Q8_0(w) => self.run(w, x, rows, &mut y),
-        }
-        y
+        matmul_group(&[self], x)
     }
 
-    fn run<B: Kernel>(&self, w: &[B], x: &[f32], rows: usize, y: &mut [f32]) {
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Output columns `o0..o1` for every activation row, written to `y` (row stride
+    /// `stride`, this matrix's columns starting at `y`).
+    fn run_range(&self, x: &[f32], y: SharedOut, stride: usize, o0: usize, o1: usize) {
+        match &*self.packed {
+            Packed::Q4_0(w) => self.run_typed(w, x, y, stride, o0, o1),
+            Packed::Q4_1(w) => self.run_typed(w, x, y, stride, o0, o1),
+            Packed::Q8_0(w) => self.run_typed(w, x, y, stride, o0, o1),
+        }
+    }
+
+    fn run_typed<B: Kernel>(
+        &self,
+        w: &[B],
+        x: &[f32],
+        y: SharedOut,
+        stride: usize,
+        o0: usize,
+        o1: usize,
+    ) {
         let cols = self.in_features;
         let nb = cols / QK;
-        let out = self.out_features;
-        let threads = rayon::current_num_threads().max(1);
-        // Enough tasks to balance the pool, each big enough to amortize its scheduling.
-        let per_task = out.div_ceil(threads * 4).max(W_CHUNK);
-        let y_ptr = SharedOut(y.as_mut_ptr());
-        (0..out.div_ceil(per_task))
-            .into_par_iter()
-            .for_each(|task| {
-                let task_end = (task * per_task + per_task).min(out);
-                let mut scratch = [0f32; W_CHUNK * MAX_TILE];
-                let mut o0 = task * per_task;
-                while o0 < task_end {
-                    let o1 = (o0 + W_CHUNK).min(task_end);
-                    let w_rows = &w[o0 * nb..o1 * nb];
-                    let mut r0 = 0;
-                    while r0 < rows {
-                        let t = (rows - r0).min(MAX_TILE);
-                        let scratch = &mut scratch[..(o1 - o0) * t];
-                        compute_tile(w_rows, cols, t, &x[r0 * cols..(r0 + t) * cols], scratch);
-                        for (o, vals) in scratch.chunks_exact(t).enumerate() {
-                            for (i, v) in vals.iter().enumerate() {
-                                // SAFETY: tasks write disjoint output columns.
-                                unsafe { *y_ptr.at((r0 + i) * out + o0 + o) = *v };
-                            }
-                        }
-                        r0 += t;
+        let rows = x.len() / cols;
+        let mut scratch = [0f32; W_CHUNK * MAX_TILE];
+        // Weight rows in L1-sized chunks, every tile of activation rows streaming past them.
+        let mut c0 = o0;
+        while c0 < o1 {
+            let c1 = (c0 + W_CHUNK).min(o1);
+            let w_rows = &w[c0 * nb..c1 * nb];
+            let mut r0 = 0;
+            while r0 < rows {
+                let t = (rows - r0).min(MAX_TILE);
+                let scratch = &mut scratch[..(c1 - c0) * t];
+                compute_tile(w_rows, cols, t, &x[r0 * cols..(r0 + t) * cols], scratch);
+                for (o, vals) in scratch.chunks_exact(t).enumerate() {
+                    for (i, v) in vals.iter().enumerate() {
+                        // SAFETY: in bounds; tasks write disjoint output columns.
+                        unsafe { *y.at((r0 + i) * stride + c0 + o) = *v };
                     }
-                    o0 = o1;
                 }
-            });
+                r0 += t;
+            }
+            c0 = c1;
+        }
     }
+}
+
+/// Several matrices with the same input applied to `x` in one parallel region (q/k/v,
+/// gate/up): one wake-up of the pool instead of one per matrix. Returns `rows × Σ out`, the
+/// matrices' outputs side by side; each value is computed exactly as by
+/// [`CpuQMatMul::matmul`].
+pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32]) -> Vec<f32> {
+    let cols = mats.first().map_or(1, |m| m.in_features);
+    debug_assert!(mats.iter().all(|m| m.in_features == cols));
+    let rows = x.len() / cols;
+    let total_out: usize = mats.iter().map(|m| m.out_features).sum();
+    let mut y = vec![0f32; rows * total_out];
+    let mut offset = 0;
+    let ptrs: Vec<SharedOut> = mats
+        .iter()
+        .map(|m| {
+            // SAFETY: offset < total_out, inside every row of y.
+            let p = SharedOut(unsafe { y.as_mut_ptr().add(offset) });
+            offset += m.out_features;
+            p
+        })
+        .collect();
+    let threads = rayon::current_num_threads().max(1);
+    // Enough tasks to balance the pool, each big enough to amortize its scheduling.
+    let per_task = total_out.div_ceil(threads * 4).max(W_CHUNK);
+    let tasks: Vec<(usize, usize, usize)> = mats
+        .iter()
+        .enumerate()
+        .flat_map(|(m, mat)| {
+            (0..mat.out_features)
+                .step_by(per_task)
+                .map(move |o0| (m, o0, (o0 + per_task).min(mat.out_features)))
+        })
+        .collect();
+    let run =
+        |&(m, o0, o1): &(usize, usize, usize)| mats[m].run_range(x, ptrs[m], total_out, o0, o1);
+    // Below this many multiply-adds, waking the pool costs more than it saves.
+    if rows * cols * total_out < PARALLEL_MIN_MACS {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+    y
 }
 
 /// The output buffer, shared by tasks that write disjoint elements.
@@ -166,6 +218,54 @@ fn compute_tile<B: Kernel>(w_rows: &[B], cols: usize, t: usize, x: &[f32], out: 
     }
 }
 
+/// Matrices sharing one input, as one candle op whose output is theirs side by side.
+pub struct CpuQMatMulGroup(pub Vec<CpuQMatMul>);
+
+impl CustomOp1 for CpuQMatMulGroup {
+    fn name(&self) -> &'static str {
+        "docanalyze-cpu-qmatmul-group"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let refs: Vec<&CpuQMatMul> = self.0.iter().collect();
+        let Some(first) = refs.first() else {
+            candle_core::bail!("empty matmul group");
+        };
+        let x = activations(storage, layout, first.in_features)?;
+        let total: usize = refs.iter().map(|m| m.out_features).sum();
+        let rows = x.len() / first.in_features;
+        Ok((
+            CpuStorage::F32(matmul_group(&refs, x)),
+            Shape::from((rows, total)),
+        ))
+    }
+}
+
+/// The contiguous f32 activations of an op's input, checked against `in_features`.
+fn activations<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    in_features: usize,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(x) = storage else {
+        candle_core::bail!("quantized matmul expects f32 activations");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("quantized matmul expects contiguous activations");
+    };
+    if layout.shape().dims().last() != Some(&in_features) {
+        candle_core::bail!(
+            "quantized matmul: activations {:?} do not match {in_features} input features",
+            layout.shape().dims()
+        );
+    }
+    Ok(&x[start..end])
+}
+
 impl CustomOp1 for CpuQMatMul {
     fn name(&self) -> &'static str {
         "docanalyze-cpu-qmatmul"
@@ -176,23 +276,8 @@ impl CustomOp1 for CpuQMatMul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            candle_core::bail!("quantized matmul expects f32 activations");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("quantized matmul expects contiguous activations");
-        };
-        let dims = layout.shape().dims();
-        if dims.last() != Some(&self.in_features) {
-            candle_core::bail!(
-                "quantized matmul: activations {:?} do not match weights [{}, {}]",
-                dims,
-                self.out_features,
-                self.in_features
-            );
-        }
-        let y = self.matmul(&x[start..end]);
-        let mut out_dims = dims.to_vec();
+        let y = self.matmul(activations(storage, layout, self.in_features)?);
+        let mut out_dims = layout.shape().dims().to_vec();
         *out_dims.last_mut().expect("non-empty dims") = self.out_features;
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
