@@ -3,11 +3,14 @@
 //! same model and machine (see scripts/bench-vs-llama-cpp.sh and BENCHMARKS.md).
 //!
 //! cargo run --release --example batched_bench -- [--model M] [--threads N] [--npl 1,2,4,8,16]
+//!     [--npp 128] [--ntg 128] [--device cpu|cuda]
 
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
+use clap::ValueEnum;
+use docanalyze::cli::DeviceArg;
+use docanalyze::device::{device_name, select_device};
 use docanalyze::engine::{Engine, EngineConfig, Flow, Job};
 use docanalyze::model::{GgufFile, Llama};
 use docanalyze::sampler::SamplingParams;
@@ -15,6 +18,7 @@ use docanalyze::tokenizer::Tokenizer;
 
 struct Args {
     model: std::path::PathBuf,
+    device: DeviceArg,
     threads: usize,
     npl: Vec<usize>,
     npp: usize,
@@ -24,6 +28,7 @@ struct Args {
 fn parse() -> anyhow::Result<Args> {
     let mut args = Args {
         model: docanalyze::model_source::default_model_path(),
+        device: DeviceArg::Cpu,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         npl: vec![1, 2, 4, 8, 16],
         npp: 128,
@@ -35,6 +40,9 @@ fn parse() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--model" => args.model = value.into(),
             "--threads" => args.threads = value.parse()?,
+            "--device" => {
+                args.device = DeviceArg::from_str(&value, true).map_err(anyhow::Error::msg)?
+            }
             "--npl" => args.npl = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--npp" => args.npp = value.parse()?,
             "--ntg" => args.ntg = value.parse()?,
@@ -100,11 +108,13 @@ fn main() -> anyhow::Result<()> {
     docanalyze::app::init_threads(args.threads);
     let mut gguf = GgufFile::open(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&gguf, None)?;
-    let model = Llama::load(&mut gguf, &Device::Cpu)?;
+    let device = select_device(args.device)?;
+    let model = Llama::load(&mut gguf, &device)?;
     run(&model, &tokenizer, 1, 16, 4)?; // warm-up
 
     println!(
-        "docanalyze, {} threads, {}",
+        "docanalyze on {}, {} threads, {}",
+        device_name(&device),
         args.threads,
         args.model.display()
     );
