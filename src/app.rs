@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Instant;
@@ -14,13 +15,16 @@ use crate::config::{BenchConfig, InfoConfig, JobsConfig, RunConfig};
 use crate::device::device_name;
 use crate::engine::{Engine, EngineConfig};
 use crate::info::ModelInfo;
-use crate::input::{count_documents, documents};
+use crate::input::{count_documents, documents, Document};
 use crate::loaded_model::LoadedModel;
-use crate::output::open_sink;
-use crate::pipeline::{run_documents, JobSettings};
+use crate::output::{open_sink, sink, Sink};
+use crate::panic_guard::catch_quietly;
+use crate::pipeline::{run_documents_with, JobSettings, RunControl, RunSummary};
 use crate::progress::Terminal;
 use crate::prompt::PromptBuilder;
 use crate::report::{ReportInputs, RunReport};
+use crate::resume::{CompletedJobs, ExistingOutput};
+use crate::signals::StopRequest;
 
 /// Exit code of a run where some documents failed.
 pub const EXIT_SOME_FAILED: u8 = 1;
@@ -74,12 +78,52 @@ fn job_settings(jobs: &JobsConfig, ctx: usize) -> JobSettings {
         max_tokens: jobs.max_tokens,
         ignore_eos: jobs.ignore_eos,
         sampling: jobs.sampling,
+        overflow: jobs.overflow,
     }
+}
+
+/// The documents of the inputs, lazily, those of the shard only when there is one.
+fn job_documents(
+    jobs: &JobsConfig,
+    skipped: Rc<Cell<usize>>,
+) -> Box<dyn Iterator<Item = Document>> {
+    let docs = documents(jobs.inputs.clone(), jobs.fields.clone(), skipped);
+    match jobs.shard {
+        Some(shard) => Box::new(docs.filter(move |d| shard.contains(&d.id))),
+        None => Box::new(docs),
+    }
+}
+
+/// Opens the output: appended to after its complete records with `--resume`, else replaced.
+fn open_output(
+    config: &RunConfig,
+    existing: Option<&ExistingOutput>,
+    terminal: &Terminal,
+) -> anyhow::Result<Box<dyn Sink>> {
+    let opened = match existing {
+        Some(existing) => {
+            let file = existing.reopen()?;
+            sink(Box::new(file), config.format, existing.needs_header())
+        }
+        None => open_sink(&config.output, config.format, || terminal.stdout()),
+    };
+    opened.with_context(|| format!("cannot write output {}", config.output))
 }
 
 fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> {
     let config = RunConfig::try_from(args)?;
     let jobs = &config.jobs;
+    let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
+    // Read before the model loads, so that a file --resume cannot use stops the run at once;
+    // written only after, like any output.
+    let existing = if config.resume {
+        Some(ExistingOutput::scan(
+            Path::new(&config.output),
+            config.format,
+        )?)
+    } else {
+        None
+    };
     init_threads(config.model.threads);
     let loaded = LoadedModel::load(&config.model)?;
     let ctx = loaded.context_size(config.ctx_size)?;
@@ -94,13 +138,33 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         },
         loaded.tokenizer.end_of_generation_ids(),
     )?;
+    if let Some(signal) = stop.signal() {
+        terminal.eprint(&format!(
+            "docanalyze: stopped by {} before the first document; the output was not touched\n",
+            signal.name()
+        ));
+        return Ok(ExitCode::from(signal.exit_code()));
+    }
     // Opened only now: a failed start never truncates yesterday's results.
-    let mut sink = open_sink(&config.output, config.format, || terminal.stdout())
-        .with_context(|| format!("cannot write output {}", config.output))?;
+    let mut sink = open_output(&config, existing.as_ref(), terminal)?;
+    let completed = existing.as_ref().map(|e| &e.completed);
+    if let Some(existing) = &existing {
+        tracing::info!(
+            "--resume: {} records in {}, {} jobs done",
+            existing.records,
+            config.output,
+            existing.completed.len()
+        );
+    }
 
     let skipped = Rc::new(Cell::new(0));
-    let docs = documents(jobs.inputs.clone(), jobs.fields.clone(), skipped.clone());
-    let total = count_documents(&jobs.inputs).map(|n| n * builders.len());
+    let docs = job_documents(jobs, skipped.clone());
+    // A shard's size is known only by hashing every id: no total then.
+    let total = match jobs.shard {
+        Some(_) => None,
+        None => count_documents(&jobs.inputs)
+            .map(|n| (n * builders.len()).saturating_sub(completed.map_or(0, CompletedJobs::len))),
+    };
     let unit = if builders.len() == 1 {
         "docs"
     } else {
@@ -108,7 +172,7 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
     };
     let mut progress = terminal.progress(total, unit, "");
     let started = Instant::now();
-    let summary = run_documents(
+    let summary = run_documents_with(
         &mut engine,
         &loaded.tokenizer,
         &builders,
@@ -116,6 +180,7 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         job_settings(jobs, ctx),
         sink.as_mut(),
         &mut progress,
+        RunControl { completed, stop },
     )?;
     let wall = started.elapsed();
     progress.finish();
@@ -144,10 +209,18 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
             .write_json(path)
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
-    if summary.broken_pipe || summary.failed == 0 {
-        Ok(ExitCode::SUCCESS)
+    Ok(run_exit_code(&summary))
+}
+
+/// A signal's code first (the run is incomplete, whatever became of its records), then the
+/// records': documents skipped by `--overflow skip` are not failures.
+fn run_exit_code(summary: &RunSummary) -> ExitCode {
+    if let Some(signal) = summary.stopped_by {
+        ExitCode::from(signal.exit_code())
+    } else if summary.broken_pipe || summary.failed == 0 {
+        ExitCode::SUCCESS
     } else {
-        Ok(ExitCode::from(EXIT_SOME_FAILED))
+        ExitCode::from(EXIT_SOME_FAILED)
     }
 }
 
@@ -160,7 +233,7 @@ fn bench_command(args: &BenchArgs, terminal: &Terminal) -> anyhow::Result<ExitCo
     let builders = prompt_builders(jobs, &loaded)?;
     // Read once, so every K sees the same documents (stdin included) and no K pays for I/O.
     let skipped = Rc::new(Cell::new(0));
-    let docs: Vec<_> = documents(jobs.inputs.clone(), jobs.fields.clone(), skipped).collect();
+    let docs: Vec<_> = job_documents(jobs, skipped).collect();
     let bench = BenchJobs {
         loaded: &loaded,
         builders: &builders,
@@ -196,12 +269,20 @@ fn bench_command(args: &BenchArgs, terminal: &Terminal) -> anyhow::Result<ExitCo
 fn info_command(args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let config = InfoConfig::try_from(args)?;
     let path = config.model.resolve()?;
-    let info = ModelInfo::read(
-        &path,
-        config.ctx_size,
-        config.batch_size,
-        config.memory_budget,
-    )?;
+    let info = catch_quietly(|| {
+        ModelInfo::read(
+            &path,
+            config.ctx_size,
+            config.batch_size,
+            config.memory_budget,
+        )
+    })
+    .map_err(|panic| {
+        anyhow::anyhow!(
+            "{} is not a model this program can read (its reader failed: {panic})",
+            path.display()
+        )
+    })??;
     let text = if config.json {
         serde_json::to_string_pretty(&info)? + "\n"
     } else {

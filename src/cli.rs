@@ -6,11 +6,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::info::MemoryBudget;
 use crate::output::Format;
+use crate::prompt::Overflow;
+use crate::shard::Shard;
 
 const EXIT_CODES: &str = "Exit codes:
-  0  every document ok (or truncated to fit the context)
+  0  every document ok (or truncated to fit the context, or skipped by --overflow skip)
   1  the run finished but some documents failed (their records have status=error)
-  2  fatal: bad arguments, model cannot load, output not writable
+  2  fatal: bad arguments, model cannot load, output not writable; the output is untouched
+  130, 143  stopped by SIGINT (Ctrl-C) or SIGTERM: no new document was started, the ones in
+     flight (at most --sequences, each at most --max-tokens long) were finished and written;
+     a second signal stops at once. Records are always written whole: --resume carries on
 A closed stdout pipe (e.g. `| head`) ends the run quietly with 0.";
 
 const BENCH_EXIT_CODES: &str = "Exit codes:
@@ -138,6 +143,11 @@ pub struct InputArgs {
     /// JSONL field holding the document id (default id: file:line).
     #[arg(long, default_value = "id", help_heading = "Input")]
     pub id_field: String,
+
+    /// Only the documents of shard I of N (I counted from 0), by a stable hash of their id:
+    /// N runs with 0/N … N-1/N process every document exactly once.
+    #[arg(long, value_name = "I/N", help_heading = "Input")]
+    pub shard: Option<Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -258,14 +268,28 @@ pub struct GenerationArgs {
     /// Keep generating to --max-tokens, ignoring end-of-generation tokens (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+
+    /// A document whose prompt does not fit --ctx-size minus --max-tokens: truncate keeps its
+    /// start (status truncated); skip and error do not run it (status error; skip leaves the
+    /// exit code alone, error makes it 1).
+    #[arg(long, value_enum, default_value_t = Overflow::Truncate)]
+    pub overflow: Overflow,
 }
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Output")]
 pub struct OutputArgs {
-    /// Output file, or - for stdout.
+    /// Output file, or - for stdout. An existing file is replaced only when the run starts
+    /// writing, after the model has loaded: a run that fails to start leaves it untouched.
     #[arg(short, long, default_value = "-")]
     pub output: String,
+
+    /// Keep the records already in --output and append the rest: documents × prompts recorded
+    /// with status ok or truncated (same id, source and prompt) are not run again; an
+    /// incomplete last record (left by a kill) is removed first. Error records stay and their
+    /// documents run again, the new record appended after the old one.
+    #[arg(long)]
+    pub resume: bool,
 
     /// Output format [default: from the extension of --output, else jsonl].
     #[arg(long, value_enum)]

@@ -8,8 +8,9 @@ use crate::info::MemoryBudget;
 use crate::input::{is_jsonl, InputSpec, JsonlFields, TextKind};
 use crate::model_source::ModelRef;
 use crate::output::Format;
-use crate::prompt::{PromptTemplate, PromptVars};
+use crate::prompt::{Overflow, PromptTemplate, PromptVars};
 use crate::sampler::SamplingParams;
+use crate::shard::Shard;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -39,6 +40,9 @@ pub struct JobsConfig {
     pub max_tokens: usize,
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
+    pub overflow: Overflow,
+    /// Only the documents of this shard.
+    pub shard: Option<Shard>,
 }
 
 /// A validated `run`.
@@ -52,6 +56,8 @@ pub struct RunConfig {
     pub ctx_size: Option<usize>,
     pub output: String,
     pub format: Format,
+    /// Append to the output, skipping the jobs it holds.
+    pub resume: bool,
     pub report: Option<PathBuf>,
     pub quiet: bool,
 }
@@ -118,6 +124,18 @@ fn check_engine(
         return err("--ctx-size must be at least 1");
     }
     Ok(())
+}
+
+/// The output's folder must exist: said now, not after the model has loaded.
+fn check_output_folder(output: &Path) -> Result<(), ConfigError> {
+    match output.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => err(format!(
+            "--output {}: the folder {} does not exist",
+            output.display(),
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The output must not be one of the inputs (it would be truncated) nor a document of an input
@@ -228,6 +246,8 @@ fn jobs_config(
             top_p: g.top_p,
             seed: g.seed,
         },
+        overflow: g.overflow,
+        shard: input.shard,
     })
 }
 
@@ -241,7 +261,10 @@ impl TryFrom<&RunArgs> for RunConfig {
         let jobs = jobs_config(&args.input, &args.prompt, &args.generation)?;
         let o = &args.output;
         if o.output != "-" {
+            check_output_folder(Path::new(&o.output))?;
             check_output_outside_inputs(Path::new(&o.output), &jobs.inputs)?;
+        } else if o.resume {
+            return err("--resume needs --output FILE: it reads what the earlier run wrote there");
         }
         Ok(Self {
             jobs,
@@ -251,6 +274,7 @@ impl TryFrom<&RunArgs> for RunConfig {
             ctx_size: e.ctx_size,
             format: o.format.unwrap_or_else(|| Format::from_path(&o.output)),
             output: o.output.clone(),
+            resume: o.resume,
             report: args.report.report.clone(),
             quiet: args.report.quiet,
         })
@@ -338,6 +362,27 @@ mod tests {
             "4"
         ]))
         .contains("--batch-size"));
+    }
+
+    #[test]
+    fn resume_needs_an_output_file() {
+        assert!(message(run_config(&["-", "--resume"])).contains("--resume"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out.jsonl");
+        let config = run_config(&["-", "--resume", "-o", out.to_str().expect("utf-8")]);
+        assert!(config.expect("valid").resume);
+    }
+
+    #[test]
+    fn shard_and_overflow_are_parsed() {
+        let config = run_config(&["-", "--shard", "1/4", "--overflow", "skip"]).expect("valid");
+        assert_eq!(config.jobs.shard, Some(Shard { index: 1, count: 4 }));
+        assert_eq!(config.jobs.overflow, Overflow::Skip);
+        let refused = Cli::try_parse_from(["docanalyze", "run", "-", "--shard", "3/2"]);
+        assert!(refused
+            .expect_err("refused")
+            .to_string()
+            .contains("--shard"));
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl ModelInfo {
             None => config.context_length.min(4096),
         };
         let (tensor_types, weights_bytes) = tensor_census(&gguf);
+        check_tensor_data_present(&gguf)?;
         let kv_bytes_per_token = config.kv_bytes_per_token();
         let kv_bytes_per_sequence = (ctx * kv_bytes_per_token) as u64;
         let activation_bytes =
@@ -216,6 +217,28 @@ fn tensor_census(gguf: &GgufFile) -> (BTreeMap<String, usize>, u64) {
         total += (elements / dtype.block_size() * dtype.type_size()) as u64;
     }
     (types, total)
+}
+
+/// The header is all `info` reads, but a file cut short (an interrupted download) must not be
+/// described as a model: every tensor's bytes must lie inside the file.
+fn check_tensor_data_present(gguf: &GgufFile) -> anyhow::Result<()> {
+    let file_len = std::fs::metadata(&gguf.path)?.len();
+    let content = &gguf.content;
+    for (name, info) in &content.tensor_infos {
+        let dtype = info.ggml_dtype;
+        let bytes = (info.shape.elem_count() / dtype.block_size() * dtype.type_size()) as u64;
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes);
+        if end > file_len {
+            anyhow::bail!(
+                "{} is truncated: tensor `{name}` ends at byte {end} but the file has {file_len}",
+                gguf.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// llama.cpp's name of a storage type.

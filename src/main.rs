@@ -9,6 +9,11 @@ use docanalyze::cli::Cli;
 use docanalyze::progress::Terminal;
 
 fn main() -> ExitCode {
+    // candle attaches a backtrace to its errors whenever RUST_BACKTRACE is set, and prints it as
+    // part of their message; an error must stay one line. Panics still honour RUST_BACKTRACE.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     let (quiet, verbose) = cli
         .report_args()

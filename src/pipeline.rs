@@ -8,8 +8,10 @@ use std::time::Duration;
 use crate::engine::{Completion, Engine, Flow, Job, StopReason};
 use crate::input::Document;
 use crate::output::{Record, Sink, Status};
-use crate::prompt::PromptBuilder;
+use crate::prompt::{Overflow, PromptBuilder, PromptError};
+use crate::resume::CompletedJobs;
 use crate::sampler::SamplingParams;
+use crate::signals::{StopRequest, StopSignal};
 use crate::tokenizer::Tokenizer;
 
 /// Generation settings shared by every job of a run.
@@ -19,6 +21,18 @@ pub struct JobSettings {
     pub max_tokens: usize,
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
+    /// What to do with a document longer than the context.
+    pub overflow: Overflow,
+}
+
+/// What, besides the documents, decides which jobs run.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl<'a> {
+    /// Jobs the output already holds (`--resume`): not run again, no record.
+    pub completed: Option<&'a CompletedJobs>,
+    /// Once a stop is requested (SIGINT/SIGTERM) no new job is admitted; the jobs in flight
+    /// finish and are written.
+    pub stop: StopRequest,
 }
 
 /// What became of the run's records.
@@ -26,15 +40,22 @@ pub struct JobSettings {
 pub struct RunSummary {
     pub ok: usize,
     pub truncated: usize,
+    /// Error records, except those of `--overflow skip`.
     pub failed: usize,
+    /// Error records of documents longer than the context under `--overflow skip`.
+    pub skipped: usize,
+    /// Jobs not run because the output already held them (`--resume`).
+    pub already_done: usize,
     pub latencies: Vec<Duration>,
     /// stdout was closed by the reader (`| head`): the run stopped early, quietly.
     pub broken_pipe: bool,
+    /// The signal that stopped the run before every document was read.
+    pub stopped_by: Option<StopSignal>,
 }
 
 impl RunSummary {
     pub fn records(&self) -> usize {
-        self.ok + self.truncated + self.failed
+        self.ok + self.truncated + self.failed + self.skipped
     }
 }
 
@@ -70,10 +91,12 @@ struct Recorder<'s> {
 }
 
 impl Recorder<'_> {
-    fn emit(&mut self, record: Record, in_flight: usize) -> Flow {
+    /// Counts and writes `record`; `skipped` marks an `--overflow skip` error record.
+    fn emit(&mut self, record: Record, in_flight: usize, skipped: bool) -> Flow {
         match record.status {
             Status::Ok => self.summary.ok += 1,
             Status::Truncated => self.summary.truncated += 1,
+            Status::Error if skipped => self.summary.skipped += 1,
             Status::Error => self.summary.failed += 1,
         }
         if record.status != Status::Error {
@@ -107,6 +130,30 @@ pub fn run_documents(
     sink: &mut dyn Sink,
     observer: &mut dyn RunObserver,
 ) -> anyhow::Result<RunSummary> {
+    run_documents_with(
+        engine,
+        tokenizer,
+        builders,
+        documents,
+        settings,
+        sink,
+        observer,
+        RunControl::default(),
+    )
+}
+
+/// [`run_documents`], skipping the jobs `control` says are done and stopping when it says so.
+#[allow(clippy::too_many_arguments)]
+pub fn run_documents_with(
+    engine: &mut Engine<'_>,
+    tokenizer: &Tokenizer,
+    builders: &[PromptBuilder],
+    documents: impl Iterator<Item = Document>,
+    settings: JobSettings,
+    sink: &mut dyn Sink,
+    observer: &mut dyn RunObserver,
+    control: RunControl<'_>,
+) -> anyhow::Result<RunSummary> {
     let recorder = RefCell::new(Recorder {
         sink,
         summary: RunSummary::default(),
@@ -127,6 +174,19 @@ pub fn run_documents(
             if stopped {
                 return None;
             }
+            if let Some(signal) = control.stop.signal() {
+                // Jobs built but not handed out are dropped: they have no record yet, so a
+                // `--resume` runs them.
+                let mut recorder = recorder.borrow_mut();
+                recorder.summary.stopped_by = Some(signal);
+                tracing::warn!(
+                    "{}: finishing the {} job(s) in flight, then stopping (send it again to stop at once)",
+                    signal.name(),
+                    in_flight.get()
+                );
+                stopped = true;
+                return None;
+            }
             if let Some(job) = queued.pop_front() {
                 in_flight.set(in_flight.get() + 1);
                 recorder.borrow_mut().observer.job_started(in_flight.get());
@@ -134,30 +194,39 @@ pub fn run_documents(
             }
             let doc = documents.next()?;
             for builder in builders {
-                let prompt_name = &builder.name().to_string();
+                let prompt_name = builder.name();
+                if control
+                    .completed
+                    .is_some_and(|done| done.contains(&doc.id, &doc.source, prompt_name))
+                {
+                    recorder.borrow_mut().summary.already_done += 1;
+                    continue;
+                }
+                let error_record = |message: String, skipped: bool| {
+                    let rec = Record::error(&doc.id, &doc.source, prompt_name, message);
+                    recorder.borrow_mut().emit(rec, in_flight.get(), skipped)
+                };
                 let text = match &doc.text {
                     Ok(t) => t,
                     Err(e) => {
-                        let rec = Record::error(&doc.id, &doc.source, prompt_name, e.clone());
-                        if recorder.borrow_mut().emit(rec, in_flight.get()) == Flow::Stop {
-                            stopped = true;
-                        }
+                        stopped |= error_record(e.clone(), false) == Flow::Stop;
                         continue;
                     }
                 };
                 if text.trim().is_empty() {
-                    let rec = Record::error(
-                        &doc.id,
-                        &doc.source,
-                        prompt_name,
-                        format!("{}: empty document", doc.source),
-                    );
-                    if recorder.borrow_mut().emit(rec, in_flight.get()) == Flow::Stop {
-                        stopped = true;
-                    }
+                    let message = format!("{}: empty document", doc.source);
+                    stopped |= error_record(message, false) == Flow::Stop;
                     continue;
                 }
-                match builder.build(tokenizer, &doc.id, text, settings.ctx, settings.max_tokens) {
+                let built = builder.fit(
+                    tokenizer,
+                    &doc.id,
+                    text,
+                    settings.ctx,
+                    settings.max_tokens,
+                    settings.overflow,
+                );
+                match built {
                     Ok(built) => {
                         let index = next_index;
                         next_index += 1;
@@ -166,7 +235,7 @@ pub fn run_documents(
                             JobMeta {
                                 id: doc.id.clone(),
                                 source: doc.source.clone(),
-                                prompt: prompt_name.clone(),
+                                prompt: prompt_name.to_string(),
                                 truncated: built.truncated,
                             },
                         );
@@ -180,10 +249,15 @@ pub fn run_documents(
                         });
                     }
                     Err(e) => {
-                        let rec = Record::error(&doc.id, &doc.source, prompt_name, e.to_string());
-                        if recorder.borrow_mut().emit(rec, in_flight.get()) == Flow::Stop {
-                            stopped = true;
-                        }
+                        let skipped = matches!(
+                            e,
+                            PromptError::Overflow {
+                                overflow: Overflow::Skip,
+                                ..
+                            }
+                        );
+                        let message = format!("{}: {e}", doc.source);
+                        stopped |= error_record(message, skipped) == Flow::Stop;
                     }
                 }
             }
@@ -197,7 +271,7 @@ pub fn run_documents(
             .expect("every completion has a pending job");
         let record = completion_record(meta, &done, tokenizer);
         in_flight.set(in_flight.get().saturating_sub(1));
-        recorder.borrow_mut().emit(record, in_flight.get())
+        recorder.borrow_mut().emit(record, in_flight.get(), false)
     };
 
     engine.run(next_job, on_done)?;

@@ -17,6 +17,11 @@ pub const BUILTIN_PROMPTS: &[(&str, &str)] = &[
     ("keywords", include_str!("../prompts/keywords.j2")),
 ];
 
+/// A document longer than this many bytes per context position is cut to that length before it
+/// is tokenized: no tokenizer packs 16 bytes into a token on average, so the cut never drops text
+/// that would have fit, and a multi-megabyte document costs no more than a short one.
+pub const MAX_BYTES_PER_TOKEN: usize = 16;
+
 /// Used when a GGUF carries no `tokenizer.chat_template`.
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -38,6 +43,52 @@ pub enum PromptError {
         ctx: usize,
         max_tokens: usize,
     },
+    #[error("longer than the context: the prompt needs {needed} tokens, {available} fit ({ctx} positions, {max_tokens} kept for the answer){action}", needed = .needed.describe(), action = .overflow.action())]
+    Overflow {
+        needed: TokenCount,
+        available: usize,
+        ctx: usize,
+        max_tokens: usize,
+        overflow: Overflow,
+    },
+}
+
+/// What to do with a document whose prompt does not fit the context (`--overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Overflow {
+    /// Keep the start of the document, as much as fits; the record's status is `truncated`.
+    #[default]
+    Truncate,
+    /// Do not generate; the record's status is `error`, but the run's exit code ignores it.
+    Skip,
+    /// Do not generate; the record's status is `error` and the exit code is 1.
+    Error,
+}
+
+impl Overflow {
+    fn action(self) -> &'static str {
+        match self {
+            Overflow::Truncate => "",
+            Overflow::Skip => ", skipped (--overflow skip)",
+            Overflow::Error => " (--overflow error)",
+        }
+    }
+}
+
+/// A token count, exact or a lower bound (the document was too long to count in full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCount {
+    Exactly(usize),
+    MoreThan(usize),
+}
+
+impl TokenCount {
+    fn describe(self) -> String {
+        match self {
+            TokenCount::Exactly(n) => n.to_string(),
+            TokenCount::MoreThan(n) => format!("more than {n}"),
+        }
+    }
 }
 
 fn builtin_names() -> String {
@@ -195,7 +246,7 @@ impl PromptBuilder {
     }
 
     /// Tokens of the prompt for `document`, the document cut so that the prompt plus
-    /// `max_tokens` fits in `ctx` positions.
+    /// `max_tokens` fits in `ctx` positions (`--overflow truncate`).
     pub fn build(
         &self,
         tokenizer: &Tokenizer,
@@ -204,12 +255,63 @@ impl PromptBuilder {
         ctx: usize,
         max_tokens: usize,
     ) -> Result<BuiltPrompt, PromptError> {
+        self.fit(tokenizer, id, document, ctx, max_tokens, Overflow::Truncate)
+    }
+
+    /// Tokens of the prompt for `document` such that the prompt plus `max_tokens` fits in
+    /// `ctx` positions; a document too long for that is cut or refused, as `overflow` says.
+    ///
+    /// Only the first `ctx` × [`MAX_BYTES_PER_TOKEN`] bytes of a document are ever tokenized.
+    pub fn fit(
+        &self,
+        tokenizer: &Tokenizer,
+        id: &str,
+        document: &str,
+        ctx: usize,
+        max_tokens: usize,
+        overflow: Overflow,
+    ) -> Result<BuiltPrompt, PromptError> {
         let available = ctx.saturating_sub(max_tokens.min(ctx / 2)).max(1);
-        let tokens = tokenizer.encode(&self.render(id, document)?)?;
-        if tokens.len() <= available {
+        let (head, precut) = cut_to_bytes(document, ctx.saturating_mul(MAX_BYTES_PER_TOKEN));
+        let tokens = tokenizer.encode(&self.render(id, head)?)?;
+        if tokens.len() <= available && !precut {
             return Ok(BuiltPrompt {
                 tokens,
                 truncated: false,
+            });
+        }
+        if overflow != Overflow::Truncate {
+            let needed = if tokens.len() > available {
+                if precut {
+                    TokenCount::MoreThan(tokens.len())
+                } else {
+                    TokenCount::Exactly(tokens.len())
+                }
+            } else {
+                // The head fits: only the whole document can say whether it does too (rare:
+                // it takes a text of unusually long tokens).
+                let all = tokenizer.encode(&self.render(id, document)?)?;
+                if all.len() <= available {
+                    return Ok(BuiltPrompt {
+                        tokens: all,
+                        truncated: false,
+                    });
+                }
+                TokenCount::Exactly(all.len())
+            };
+            return Err(PromptError::Overflow {
+                needed,
+                available,
+                ctx,
+                max_tokens,
+                overflow,
+            });
+        }
+        if tokens.len() <= available {
+            // Already cut to the byte budget, and that fits.
+            return Ok(BuiltPrompt {
+                tokens,
+                truncated: true,
             });
         }
         // Too long: keep the start of the document, as much as fits around the template.
@@ -224,7 +326,7 @@ impl PromptBuilder {
         if overhead >= available {
             return Err(too_long(overhead));
         }
-        let doc_tokens = tokenizer.encode_plain(document)?;
+        let doc_tokens = tokenizer.encode_plain(head)?;
         let mut keep = (available - overhead).min(doc_tokens.len());
         // Re-tokenizing cut text can merge differently; shrink until it fits.
         loop {
@@ -241,5 +343,54 @@ impl PromptBuilder {
             }
             keep = keep.saturating_sub((tokens.len() - available).max(8));
         }
+    }
+}
+
+/// The longest start of `text` of at most `max_bytes` bytes that ends on a character boundary,
+/// and whether anything was cut.
+fn cut_to_bytes(text: &str, max_bytes: usize) -> (&str, bool) {
+    if text.len() <= max_bytes {
+        return (text, false);
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        assert_eq!(cut_to_bytes("abc", 3), ("abc", false));
+        assert_eq!(cut_to_bytes("abc", 2), ("ab", true));
+        // 'é' is two bytes: a cut in its middle moves before it.
+        assert_eq!(cut_to_bytes("aé", 2), ("a", true));
+        assert_eq!(cut_to_bytes("ééé", 5), ("éé", true));
+        assert_eq!(cut_to_bytes("é", 0), ("", true));
+    }
+
+    #[test]
+    fn overflow_messages_say_what_happened() {
+        let err = |overflow, needed| {
+            PromptError::Overflow {
+                needed,
+                available: 200,
+                ctx: 256,
+                max_tokens: 56,
+                overflow,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            err(Overflow::Skip, TokenCount::Exactly(300)),
+            "longer than the context: the prompt needs 300 tokens, 200 fit (256 positions, 56 kept for the answer), skipped (--overflow skip)"
+        );
+        assert!(err(Overflow::Error, TokenCount::MoreThan(4000))
+            .contains("needs more than 4000 tokens"));
+        assert!(err(Overflow::Error, TokenCount::MoreThan(4000)).ends_with("(--overflow error)"));
     }
 }

@@ -43,7 +43,13 @@ pub struct RunReport {
     pub documents_ok: usize,
     pub documents_truncated: usize,
     pub documents_failed: usize,
+    /// Error records of documents longer than the context under `--overflow skip`.
+    pub documents_skipped: usize,
+    /// Documents × prompts not run because the output already held them (`--resume`).
+    pub documents_already_done: usize,
     pub files_skipped: usize,
+    /// `SIGINT` or `SIGTERM` when a signal stopped the run before every document was read.
+    pub stopped_by: Option<&'static str>,
     pub wall_s: f64,
     pub load_s: f64,
     pub prompt_tokens: usize,
@@ -96,7 +102,10 @@ impl RunReport {
             documents_ok: summary.ok + summary.truncated,
             documents_truncated: summary.truncated,
             documents_failed: summary.failed,
+            documents_skipped: summary.skipped,
+            documents_already_done: summary.already_done,
             files_skipped: inputs.files_skipped,
+            stopped_by: summary.stopped_by.map(|s| s.name()),
             wall_s: run_s,
             load_s: inputs.load.as_secs_f64(),
             prompt_tokens: stats.prefill_tokens,
@@ -123,11 +132,27 @@ impl RunReport {
     /// The human table, for stderr.
     pub fn table(&self) -> String {
         let mib = |b: f64| b / (1024.0 * 1024.0);
+        let mut extra = String::new();
+        if self.documents_skipped > 0 {
+            extra += &format!(", {} too long (--overflow skip)", self.documents_skipped);
+        }
+        if self.documents_already_done > 0 {
+            extra += &format!(
+                ", {} already in the output (--resume)",
+                self.documents_already_done
+            );
+        }
+        let stopped = match self.stopped_by {
+            Some(signal) => format!(
+                "  stopped     by {signal}: the documents in flight were finished, the rest not started\n"
+            ),
+            None => String::new(),
+        };
         format!(
             "\
 docanalyze report ({model} on {device}, {seq} sequences, {threads} threads)
-  documents   {ok} ok ({trunc} truncated), {failed} failed, {skipped} files skipped
-  wall        {wall:.2} s (+ {load:.2} s model load), {dpm:.1} docs/min
+  documents   {ok} ok ({trunc} truncated), {failed} failed, {skipped} files skipped{extra}
+{stopped}  wall        {wall:.2} s (+ {load:.2} s model load), {dpm:.1} docs/min
   prefill     {pt} tokens, {pps:.1} tok/s
   decode      {gt} tokens, {dps:.1} tok/s
   latency     p50 {p50:.0} ms, p95 {p95:.0} ms

@@ -60,7 +60,14 @@ fn decode_text(path: &Path, bytes: &[u8]) -> Result<String, String> {
     }
     reject_binary(path, bytes)?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    let text = String::from_utf8_lossy(bytes);
+    if let std::borrow::Cow::Owned(_) = text {
+        tracing::warn!(
+            "{}: not valid UTF-8 (Latin-1?); invalid bytes read as U+FFFD",
+            path.display()
+        );
+    }
+    Ok(text.into_owned())
 }
 
 fn reject_binary(path: &Path, bytes: &[u8]) -> Result<(), String> {

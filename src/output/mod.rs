@@ -5,7 +5,7 @@ mod jsonl_sink;
 mod record;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 pub use csv_sink::CsvSink;
@@ -49,6 +49,8 @@ impl Sink for RecordBuffer {
 }
 
 /// Opens `-` (the writer `stdout` gives) or a file, replacing it.
+///
+/// The file is not buffered: each record reaches it in one `write`, as a whole.
 pub fn open_sink(
     output: &str,
     format: Format,
@@ -57,10 +59,15 @@ pub fn open_sink(
     let writer: Box<dyn Write> = if output == "-" {
         stdout()
     } else {
-        Box::new(BufWriter::new(File::create(Path::new(output))?))
+        Box::new(File::create(Path::new(output))?)
     };
+    sink(writer, format, true)
+}
+
+/// A sink of `format` over `writer`; `header` says whether a CSV header is written first.
+pub fn sink(writer: Box<dyn Write>, format: Format, header: bool) -> io::Result<Box<dyn Sink>> {
     Ok(match format {
-        Format::Csv => Box::new(CsvSink::new(writer)?),
+        Format::Csv => Box::new(CsvSink::with_header(writer, header)?),
         Format::Jsonl => Box::new(JsonlSink::new(writer)),
     })
 }
@@ -68,6 +75,40 @@ pub fn open_sink(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the writes that reach the file.
+    #[derive(Clone, Default)]
+    struct Writes(std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn long_record() -> Record {
+        let mut record = Record::error("id", "src", "p", String::new());
+        record.output = "a \"quoted\", multi\nline answer ".repeat(2000);
+        record
+    }
+
+    #[test]
+    fn every_record_is_one_write() {
+        for format in [Format::Csv, Format::Jsonl] {
+            let writes = Writes::default();
+            let mut out = sink(Box::new(writes.clone()), format, true).expect("sink");
+            let header_writes = writes.0.borrow().len();
+            out.write(&long_record()).expect("write");
+            out.write(&long_record()).expect("write");
+            let writes = writes.0.borrow();
+            assert_eq!(writes.len(), header_writes + 2, "{format:?}");
+            assert!(writes.iter().all(|w| w.ends_with(b"\n")));
+        }
+    }
 
     #[test]
     fn format_follows_the_extension() {

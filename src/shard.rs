@@ -1,0 +1,86 @@
+//! `--shard I/N`: one of N disjoint parts of the documents, chosen by a stable hash of each
+//! document's id, so that N machines given the same inputs process every document exactly once.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Shard `index` of `count`, counted from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || format!("`{s}` is not I/N (shard I of N, I counted from 0: 0/2 and 1/2)");
+        let (i, n) = s.split_once('/').ok_or_else(usage)?;
+        let index: u64 = i.trim().parse().map_err(|_| usage())?;
+        let count: u64 = n.trim().parse().map_err(|_| usage())?;
+        if count == 0 {
+            return Err(format!("`{s}`: N must be at least 1"));
+        }
+        if index >= count {
+            return Err(format!(
+                "`{s}`: I must be below N (shards are counted from 0: 0/{count} to {}/{count})",
+                count - 1
+            ));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// Whether the document with this id belongs to the shard. Only the id is hashed: it does
+    /// not depend on where the inputs are mounted (a folder's documents are ids relative to it).
+    pub fn contains(&self, id: &str) -> bool {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h % self.count == self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
+        assert!("3/2"
+            .parse::<Shard>()
+            .expect_err("refused")
+            .contains("I must be below N"));
+        assert!("0/0"
+            .parse::<Shard>()
+            .expect_err("refused")
+            .contains("N must be"));
+        assert!("x".parse::<Shard>().is_err());
+        assert!("1/x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn shards_partition_the_ids() {
+        let ids: Vec<String> = (0..300).map(|i| format!("doc-{i}.txt")).collect();
+        let shards: Vec<Shard> = (0..3).map(|index| Shard { index, count: 3 }).collect();
+        for id in &ids {
+            assert_eq!(shards.iter().filter(|s| s.contains(id)).count(), 1, "{id}");
+        }
+        for s in &shards {
+            let n = ids.iter().filter(|id| s.contains(id)).count();
+            assert!((60..=140).contains(&n), "shard {s} has {n} of 300");
+        }
+    }
+}
