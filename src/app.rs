@@ -128,11 +128,18 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
     let loaded = LoadedModel::load(&config.model)?;
     let ctx = loaded.context_size(config.ctx_size)?;
     let builders = prompt_builders(jobs, &loaded)?;
+    let sequences = if config.sequences_auto {
+        let k = crate::info::auto_sequences(&loaded.model.config, ctx, config.batch_size);
+        tracing::info!("--sequences auto: {k} sequences");
+        k
+    } else {
+        config.sequences
+    };
 
     let mut engine = Engine::new(
         &loaded.model,
         EngineConfig {
-            sequences: config.sequences,
+            sequences,
             ctx,
             batch_size: config.batch_size,
         },
@@ -188,7 +195,7 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         ReportInputs {
             model: &loaded.path.display().to_string(),
             device: device_name(&loaded.device),
-            sequences: config.sequences,
+            sequences,
             batch_size: config.batch_size,
             ctx_size: ctx,
             threads: config.model.threads,

@@ -9,6 +9,22 @@ use crate::output::Format;
 use crate::prompt::Overflow;
 use crate::shard::Shard;
 
+/// `--sequences N|auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequencesArg {
+    Auto,
+    Count(usize),
+}
+
+fn parse_sequences(s: &str) -> Result<SequencesArg, String> {
+    if s == "auto" {
+        return Ok(SequencesArg::Auto);
+    }
+    s.parse()
+        .map(SequencesArg::Count)
+        .map_err(|_| format!("`{s}` is not a number of sequences or `auto`"))
+}
+
 const EXIT_CODES: &str = "Exit codes:
   0  every document ok (or truncated to fit the context, or skipped by --overflow skip)
   1  the run finished but some documents failed (their records have status=error)
@@ -203,9 +219,11 @@ pub struct PromptArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Engine")]
 pub struct EngineArgs {
-    /// Sequences decoded at the same time, their KV caches batched into shared forward passes.
-    #[arg(long, default_value_t = 4)]
-    pub sequences: usize,
+    /// Sequences decoded at the same time, their KV caches batched into shared forward passes;
+    /// `auto`: the most that fit in available memory, at most 16 (where aggregate decode
+    /// stopped rising on the machines measured, see BENCHMARKS.md).
+    #[arg(long, default_value = "4", value_parser = parse_sequences)]
+    pub sequences: SequencesArg,
 
     /// One sequence at a time, same engine (the baseline for speedup comparisons).
     #[arg(long, conflicts_with = "sequences")]

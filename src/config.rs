@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{BenchArgs, DeviceArg, GenerationArgs, InfoArgs, InputArgs, PromptArgs, RunArgs};
+use crate::cli::{
+    BenchArgs, DeviceArg, GenerationArgs, InfoArgs, InputArgs, PromptArgs, RunArgs, SequencesArg,
+};
 use crate::info::MemoryBudget;
 use crate::input::{is_jsonl, InputSpec, JsonlFields, TextKind};
 use crate::model_source::ModelRef;
@@ -51,6 +53,8 @@ pub struct RunConfig {
     pub jobs: JobsConfig,
     pub model: ModelConfig,
     pub sequences: usize,
+    /// `--sequences auto`: `sequences` is the cap, resolved against memory after loading.
+    pub sequences_auto: bool,
     pub batch_size: usize,
     /// Resolved against the model's context once it is loaded.
     pub ctx_size: Option<usize>,
@@ -256,7 +260,11 @@ impl TryFrom<&RunArgs> for RunConfig {
 
     fn try_from(args: &RunArgs) -> Result<Self, ConfigError> {
         let e = &args.engine;
-        let sequences = if e.sequential { 1 } else { e.sequences };
+        let (sequences, sequences_auto) = match (e.sequential, e.sequences) {
+            (true, _) => (1, false),
+            (false, SequencesArg::Count(n)) => (n, false),
+            (false, SequencesArg::Auto) => (crate::info::AUTO_MAX_SEQUENCES, true),
+        };
         check_engine(sequences, e.batch_size, e.ctx_size)?;
         let jobs = jobs_config(&args.input, &args.prompt, &args.generation)?;
         let o = &args.output;
@@ -270,6 +278,7 @@ impl TryFrom<&RunArgs> for RunConfig {
             jobs,
             model: model_config(&args.model)?,
             sequences,
+            sequences_auto,
             batch_size: e.batch_size,
             ctx_size: e.ctx_size,
             format: o.format.unwrap_or_else(|| Format::from_path(&o.output)),
@@ -333,6 +342,17 @@ mod tests {
             Command::Run(run) => RunConfig::try_from(run),
             _ => unreachable!("a run command"),
         }
+    }
+
+    #[test]
+    fn sequences_auto_is_resolved_after_loading_with_a_cap() {
+        let auto = run_config(&["-", "--sequences", "auto"]).expect("valid");
+        assert!(auto.sequences_auto);
+        assert_eq!(auto.sequences, crate::info::AUTO_MAX_SEQUENCES);
+        let fixed = run_config(&["-", "--sequences", "3"]).expect("valid");
+        assert!(!fixed.sequences_auto);
+        assert_eq!(fixed.sequences, 3);
+        assert!(Cli::try_parse_from(["docanalyze", "run", "-", "--sequences", "many"]).is_err());
     }
 
     fn bench_config(args: &[&str]) -> Result<BenchConfig, ConfigError> {

@@ -263,6 +263,23 @@ fn dtype_name(dtype: GgmlDType) -> &'static str {
 }
 
 /// The largest K with `fixed + K × per_sequence ≤ budget` (0 when even K = 1 does not fit).
+/// The most sequences `--sequences auto` runs: on the 2-core CPU measured in BENCHMARKS.md,
+/// aggregate decode rose 2.4x from K=1 to K=8 and only 6% more to K=16.
+pub const AUTO_MAX_SEQUENCES: usize = 16;
+
+/// `--sequences auto` once the model is loaded: as many KV slots of `ctx` positions as fit
+/// in the memory still available (less one batch of activations), between 1 and
+/// [`AUTO_MAX_SEQUENCES`].
+pub fn auto_sequences(config: &crate::model::ModelConfig, ctx: usize, batch_size: usize) -> usize {
+    let per_sequence = (ctx * config.kv_bytes_per_token()) as u64;
+    let activations =
+        (batch_size * (config.n_embd + config.n_ff + config.vocab_size) * 4 * 4) as u64;
+    let fit = mem_available().map_or(1, |budget| {
+        largest_sequences(budget, activations, per_sequence)
+    });
+    (fit as usize).clamp(1, AUTO_MAX_SEQUENCES)
+}
+
 pub fn largest_sequences(budget: u64, fixed: u64, per_sequence: u64) -> u64 {
     budget
         .checked_sub(fixed)

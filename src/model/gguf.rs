@@ -24,10 +24,16 @@ impl GgufFile {
             source,
         })?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| ModelError::Gguf {
-            path: path.to_path_buf(),
-            message: format!("{e}"),
-        })?;
+        // candle's reader can panic on hostile headers (e.g. `general.alignment = 0`).
+        let content = crate::panic_guard::catch_quietly(|| Content::read(&mut reader))
+            .map_err(|panic| ModelError::Gguf {
+                path: path.to_path_buf(),
+                message: format!("malformed header ({panic})"),
+            })?
+            .map_err(|e| ModelError::Gguf {
+                path: path.to_path_buf(),
+                message: format!("{e}"),
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             content,

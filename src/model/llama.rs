@@ -54,7 +54,9 @@ impl Llama {
             Ok(Linear::new(weight, bias)?)
         };
         let token_embd = gguf.tensor("token_embd.weight", device)?;
-        let mut layers = Vec::with_capacity(config.n_layer);
+        // Not with_capacity: n_layer comes from the file and is only trusted once the
+        // layers' tensors were found.
+        let mut layers = Vec::new();
         for i in 0..config.n_layer {
             let p = format!("blk.{i}");
             layers.push(Layer {
