@@ -140,6 +140,7 @@ fn attend_portable(
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::cpu_matmul::avx2_hsum as hsum;
     use super::HeadView;
 
     /// [`super::attend_portable`] for a head of `8 * N` values, the query and the output
@@ -194,14 +195,5 @@ mod avx2 {
         for (c, a) in acc.iter().enumerate() {
             _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
         }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 }

@@ -20,6 +20,8 @@ use rayon::prelude::*;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, WeightBlock, QK};
 
 pub use avx2::available as avx2_available;
+#[cfg(target_arch = "x86_64")]
+pub use avx2::hsum as avx2_hsum;
 
 /// Activation rows multiplied with one dequantized weight block.
 const MAX_TILE: usize = 4;
