@@ -90,17 +90,7 @@ fn a_reader_that_closes_the_pipe_ends_the_run_quietly() {
     // More records than a pipe buffers (64 KiB), so the run must notice the closed pipe.
     let tickets = ws.jsonl("tickets.jsonl", 600);
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("docanalyze"))
-        .args([
-            "run",
-            "--ctx-size",
-            "256",
-            "--max-tokens",
-            "8",
-            "--threads",
-            "1",
-        ])
-        .arg("--model")
-        .arg(&ws.model)
+        .args(ws.run_args())
         .arg(&tickets)
         .env_remove("DOCANALYZE_LOG")
         .stdout(Stdio::piped())

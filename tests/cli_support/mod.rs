@@ -59,7 +59,13 @@ impl Workspace {
     /// `docanalyze` run on the tiny model, small and fast.
     pub fn run(&self) -> Command {
         let mut cmd = docanalyze();
-        cmd.args([
+        cmd.args(self.run_args());
+        cmd
+    }
+
+    /// The arguments of [`Workspace::run`], for a command spawned with pipes.
+    pub fn run_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = [
             "run",
             "--ctx-size",
             "256",
@@ -67,10 +73,13 @@ impl Workspace {
             "8",
             "--threads",
             "1",
-        ])
-        .arg("--model")
-        .arg(&self.model);
-        cmd
+            "--model",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(self.model.clone().into());
+        args
     }
 }
 
