@@ -134,6 +134,18 @@ impl Llama {
     /// Runs every row of `step` through the model in one pass, writing their K/V into `cache`.
     /// Returns the logits `[rows wanting logits, vocab]`, in row order.
     pub fn forward(&self, step: &BatchStep, cache: &SlotKvCache) -> Result<Tensor, ModelError> {
+        // On the CPU the pass runs on a worker of the thread pool, so each parallel matmul
+        // hands tasks to the other workers and starts on them itself. Called from outside the
+        // pool, every matmul (~120 per step) would instead put the caller to sleep until the
+        // pool is done and wake it again: measured, that round trip cost more than the
+        // matmul itself at K=1.
+        if self.device.is_cpu() && rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_in_pool(step, cache));
+        }
+        self.forward_in_pool(step, cache)
+    }
+
+    fn forward_in_pool(&self, step: &BatchStep, cache: &SlotKvCache) -> Result<Tensor, ModelError> {
         let segments = step.segments().map_err(ModelError::InvalidBatch)?;
         for seg in &segments {
             if seg.slot.0 >= cache.slots() || seg.first_position + seg.len > cache.ctx() {
