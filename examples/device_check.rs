@@ -51,6 +51,7 @@ fn first_logits(model: &Llama, prompt: &[u32]) -> anyhow::Result<Vec<f32>> {
                 position: i,
                 slot: SlotId(0),
                 wants_logits: i + 1 == prompt.len(),
+                prompt: true,
             })
             .collect(),
     };

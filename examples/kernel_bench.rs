@@ -16,34 +16,49 @@ fn main() -> anyhow::Result<()> {
     let shapes = [(576usize, 576usize), (192, 576), (1536, 576), (576, 1536)];
     println!("threads {threads}; one layer's 7 matrices, Q4_1 weights");
     println!(
-        "{:>5} {:>12} {:>12} {:>10}",
-        "rows", "ms/call", "us/row", "GMAC/s"
+        "{:>5} {:>7} {:>12} {:>12} {:>10}",
+        "rows", "kind", "ms/call", "us/row", "GMAC/s"
     );
-    for rows in [1usize, 2, 4, 8, 16, 64, 256] {
-        let mut total_s = 0.0;
-        let mut macs = 0.0;
-        for (i, &(out, inp)) in shapes.iter().enumerate() {
+    let lins: Vec<_> = shapes
+        .iter()
+        .map(|&(out, inp)| {
             let w = Tensor::randn(0f32, 1.0, (out, inp), &dev)?;
             let q = QTensor::quantize(&w, GgmlDType::Q4_1)?;
-            let lin = docanalyze::model::Linear::new(q, None)?;
-            let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev)?;
-            let reps = (2000 / rows).max(5);
-            let count = if i == 0 || i == 2 { 2 } else { 1 } * if i == 1 { 2 } else { 1 };
-            lin.forward(&x)?;
-            let t = Instant::now();
-            for _ in 0..reps {
-                lin.forward(&x)?;
+            Ok(docanalyze::model::Linear::new(q, None)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for rows in [1usize, 2, 4, 8, 16, 64, 256] {
+        // Decode rows use the register-tile kernel, prompt rows the panel GEMM.
+        for (kind, decode_rows) in [("decode", rows), ("prompt", 0)] {
+            let mut total_s = 0.0;
+            let mut macs = 0.0;
+            for (i, (&(out, inp), lin)) in shapes.iter().zip(&lins).enumerate() {
+                let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev)?;
+                let reps = (2000 / rows).max(5);
+                let count = if i == 0 || i == 2 { 2 } else { 1 } * if i == 1 { 2 } else { 1 };
+                // On a pool worker, as in the engine's forward pass.
+                let mut timed = Ok(0.0);
+                rayon::scope(|_| {
+                    timed = (|| -> anyhow::Result<f64> {
+                        lin.forward(&x, decode_rows)?;
+                        let t = Instant::now();
+                        for _ in 0..reps {
+                            lin.forward(&x, decode_rows)?;
+                        }
+                        Ok(t.elapsed().as_secs_f64() / reps as f64)
+                    })();
+                });
+                let s = timed?;
+                total_s += s * count as f64;
+                macs += (out * inp * rows * count) as f64;
             }
-            let s = t.elapsed().as_secs_f64() / reps as f64;
-            total_s += s * count as f64;
-            macs += (out * inp * rows * count) as f64;
+            println!(
+                "{rows:>5} {kind:>7} {:>12.3} {:>12.1} {:>10.2}",
+                total_s * 1e3,
+                total_s * 1e6 / rows as f64,
+                macs / total_s / 1e9
+            );
         }
-        println!(
-            "{rows:>5} {:>12.3} {:>12.1} {:>10.2}",
-            total_s * 1e3,
-            total_s * 1e6 / rows as f64,
-            macs / total_s / 1e9
-        );
     }
     let _ = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(
         &Tensor::zeros((32, 32), candle_core::DType::F32, &dev)?,

@@ -71,7 +71,7 @@ fn prompt(len: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Rows `tokens[from..from + n]` of one sequence in `slot`.
+/// Prompt rows `tokens[from..from + n]` of one sequence in `slot`.
 fn rows(tokens: &[u32], from: usize, n: usize, slot: usize, all_logits: bool) -> Vec<BatchRow> {
     (from..from + n)
         .map(|p| BatchRow {
@@ -79,6 +79,7 @@ fn rows(tokens: &[u32], from: usize, n: usize, slot: usize, all_logits: bool) ->
             position: p,
             slot: SlotId(slot),
             wants_logits: all_logits || p + 1 == from + n,
+            prompt: true,
         })
         .collect()
 }
@@ -460,6 +461,7 @@ fn greedy_reference(fx: &Fixture, prompt: &[u32], n: usize) -> Vec<u32> {
                 position: prompt.len() + out.len() - 1,
                 slot: SlotId(0),
                 wants_logits: true,
+                prompt: false,
             }],
         };
         logits = forward(&fx.model, &step, &cache);

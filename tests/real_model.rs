@@ -139,6 +139,8 @@ fn reference_answer_is_the_models_choice_at_every_step() {
                 position: start + i,
                 slot: SlotId(0),
                 wants_logits: i + 1 == tokens.len(),
+                // Answer tokens fed back one at a time are decode rows, as in the engine.
+                prompt: start == 0,
             })
             .collect(),
     };

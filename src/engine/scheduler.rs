@@ -40,6 +40,7 @@ pub fn plan_step(active: &[Option<Sequence>], order: &[usize], batch_size: usize
             position: seq.next_position(),
             slot: seq.slot,
             wants_logits: true,
+            prompt: false,
         });
         plan.logit_owners.push(i);
         plan.decode_rows += 1;
@@ -59,6 +60,7 @@ pub fn plan_step(active: &[Option<Sequence>], order: &[usize], batch_size: usize
                 position: seq.prefilled + k,
                 slot: seq.slot,
                 wants_logits: last,
+                prompt: true,
             });
             if last {
                 plan.logit_owners.push(i);

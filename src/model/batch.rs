@@ -13,12 +13,17 @@ pub struct BatchRow {
     pub slot: SlotId,
     /// Whether the logits of this row are needed (last prompt row, decode rows).
     pub wants_logits: bool,
+    /// A prompt token (prefill) rather than a generated one being decoded. The CPU kernels
+    /// compute the two kinds differently, and a token is always the same kind, so its
+    /// result never depends on the batch.
+    pub prompt: bool,
 }
 
 /// Rows of many sequences sharing one forward pass.
 ///
 /// Rows of one slot must be adjacent and at consecutive positions (a prefill chunk or a single
-/// decode row); each slot appears in at most one such segment.
+/// decode row); each slot appears in at most one such segment. Decode rows come first, then
+/// prompt rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchStep {
     pub rows: Vec<BatchRow>,
@@ -46,8 +51,20 @@ impl BatchStep {
         self.rows.is_empty()
     }
 
+    /// How many rows are decode rows: the leading rows, before the first prompt row.
+    pub fn decode_rows(&self) -> usize {
+        self.rows.iter().take_while(|r| !r.prompt).count()
+    }
+
     /// Splits the rows into per-slot segments, checking the layout rules.
     pub fn segments(&self) -> Result<Vec<Segment>, String> {
+        let decode_rows = self.decode_rows();
+        if let Some(i) = self.rows[decode_rows..].iter().position(|r| !r.prompt) {
+            return Err(format!(
+                "row {}: a decode row after prompt rows",
+                decode_rows + i
+            ));
+        }
         let mut segments: Vec<Segment> = Vec::new();
         for (i, row) in self.rows.iter().enumerate() {
             match segments.last_mut() {
@@ -89,6 +106,7 @@ mod tests {
             position,
             slot: SlotId(slot),
             wants_logits: false,
+            prompt: false,
         }
     }
 
@@ -120,5 +138,15 @@ mod tests {
             rows: vec![row(0, 3), row(1, 0), row(0, 4)],
         };
         assert!(split.segments().is_err());
+        let prompt_first = BatchStep {
+            rows: vec![
+                BatchRow {
+                    prompt: true,
+                    ..row(0, 3)
+                },
+                row(1, 7),
+            ],
+        };
+        assert!(prompt_first.segments().is_err());
     }
 }

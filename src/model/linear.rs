@@ -52,7 +52,7 @@ impl Linear {
 
     /// Several projections of the same `x` (q/k/v, gate/up): on the CPU kernel, one pass over
     /// the pool for all of them; the same values as calling [`Linear::forward`] on each.
-    pub fn forward_group(parts: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+    pub fn forward_group(parts: &[&Linear], x: &Tensor, decode_rows: usize) -> Result<Vec<Tensor>> {
         let kernels: Option<Vec<CpuQMatMul>> = parts
             .iter()
             .map(|l| match &l.backend {
@@ -65,11 +65,12 @@ impl Linear {
                 .all(|w| w[0].in_features() == w[1].in_features())
         });
         let Some(kernels) = kernels.filter(|_| same_input) else {
-            return parts.iter().map(|l| l.forward(x)).collect();
+            return parts.iter().map(|l| l.forward(x, decode_rows)).collect();
         };
-        let joint = x
-            .contiguous()?
-            .apply_op1_no_bwd(&CpuQMatMulGroup(kernels))?;
+        let joint = x.contiguous()?.apply_op1_no_bwd(&CpuQMatMulGroup {
+            mats: kernels,
+            decode_rows,
+        })?;
         let mut offset = 0;
         parts
             .iter()
@@ -84,10 +85,15 @@ impl Linear {
             .collect()
     }
 
-    /// `x`: `[rows, in_features]` → `[rows, out_features]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x`: `[rows, in_features]` → `[rows, out_features]`. The first `decode_rows` rows are
+    /// decode rows, the rest prompt rows: the CPU kernel computes each kind its own way (see
+    /// `cpu_matmul`); other backends treat all rows alike.
+    pub fn forward(&self, x: &Tensor, decode_rows: usize) -> Result<Tensor> {
         let y = match &self.backend {
-            Backend::Cpu(k) => x.contiguous()?.apply_op1_no_bwd(k)?,
+            Backend::Cpu(k) => x.contiguous()?.apply_op1_no_bwd(&CpuQMatMulGroup {
+                mats: vec![k.clone()],
+                decode_rows,
+            })?,
             Backend::Candle(m) => m.forward(x)?,
         };
         match &self.bias {

@@ -161,6 +161,7 @@ impl Llama {
         }
         let c = &self.config;
         let n = step.len();
+        let decode_rows = step.decode_rows();
         let kv_dim = c.n_kv_head * c.head_dim;
         let dev = &self.device;
 
@@ -186,7 +187,7 @@ impl Llama {
         let mut x = self.token_embd.embedding(&tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let qkv = Linear::forward_group(&[&layer.wq, &layer.wk, &layer.wv], &h)?;
+            let qkv = Linear::forward_group(&[&layer.wq, &layer.wk, &layer.wv], &h, decode_rows)?;
             let q = qkv[0].reshape((n, c.n_head, 1, c.head_dim))?;
             let k = qkv[1].reshape((n, c.n_kv_head, 1, c.head_dim))?;
             let v = qkv[2].reshape((n, kv_dim))?;
@@ -197,12 +198,12 @@ impl Llama {
             cache.write(li, &cache_index, &k, &v.contiguous()?)?;
 
             let attn = attention.forward(li, &q, cache)?;
-            x = (x + layer.wo.forward(&attn)?)?;
+            x = (x + layer.wo.forward(&attn, decode_rows)?)?;
 
             let h = rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
-            let gate_up = Linear::forward_group(&[&layer.w_gate, &layer.w_up], &h)?;
+            let gate_up = Linear::forward_group(&[&layer.w_gate, &layer.w_up], &h, decode_rows)?;
             let hidden = (silu(&gate_up[0])? * &gate_up[1])?;
-            x = (x + layer.w_down.forward(&hidden)?)?;
+            x = (x + layer.w_down.forward(&hidden, decode_rows)?)?;
         }
 
         let wanted: Vec<u32> = step
@@ -215,13 +216,18 @@ impl Llama {
         if wanted.is_empty() {
             return Ok(Tensor::zeros((0, c.vocab_size), DType::F32, dev)?);
         }
+        // Rows keep their order, so the wanted decode rows still come first.
+        let wanted_decode = wanted
+            .iter()
+            .take_while(|&&i| (i as usize) < decode_rows)
+            .count();
         let x = if wanted.len() == n {
             x
         } else {
             x.index_select(&Tensor::new(wanted, dev)?, 0)?
         };
         let x = rms_norm(&x, &self.output_norm, c.rms_eps)?;
-        Ok(self.lm_head.forward(&x)?)
+        Ok(self.lm_head.forward(&x, wanted_decode)?)
     }
 }
 

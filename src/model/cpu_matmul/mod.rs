@@ -1,15 +1,23 @@
 //! The project's own CPU matmul for quantized weights × a batch of f32 activation rows.
 //!
 //! candle's CPU `QMatMul` streams the whole weight matrix once per activation row, so stacking
-//! K sequences into one matmul buys nothing there. Here each weight block is dequantized once
-//! into registers and multiplied into a tile of up to 4 activation rows; weight rows are
-//! visited in L1-sized chunks by every tile, and tasks split the output rows over the rayon
-//! pool. Activations stay f32 (no 8-bit rounding), so results are the f32 product of the
-//! quantized weights up to summation order — and that order is the same for every output
-//! whatever the batch, so a row's result never depends on which rows share its step.
+//! K sequences into one matmul buys nothing there. A step's rows are of two kinds, computed
+//! by two kernels:
+//! - decode rows (one per sequence, few per step): each weight block is dequantized once
+//!   into registers and multiplied into a tile of up to 4 activation rows; weight rows are
+//!   visited in L1-sized chunks by every tile;
+//! - prompt rows (many per step): [`gemm`] dequantizes panels of 16 weight rows into f32 once
+//!   and runs a register-blocked GEMM over them.
+//!
+//! Tasks split the output columns over the rayon pool. Activations stay f32 (no 8-bit
+//! rounding), so results are the f32 product of the quantized weights up to summation order
+//! — and that order depends only on the kind of row, never on which rows share its step, so
+//! a row's result is the same in every batch. A token is always the same kind of row (a
+//! prompt token is never decoded), so batched runs equal sequential runs exactly.
 
 mod avx2;
 mod blocks;
+mod gemm;
 
 use std::sync::Arc;
 
@@ -27,8 +35,9 @@ pub use avx2::hsum as avx2_hsum;
 const MAX_TILE: usize = 4;
 /// Smallest matmul (in multiply-adds) split over the thread pool.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
-/// Weight rows visited together by all tiles of activation rows (L1-sized).
-const W_CHUNK: usize = 16;
+/// Weight rows visited together by all tiles of activation rows (L1-sized); also the width
+/// of a prompt-row panel, so tasks split the columns on panel boundaries.
+const W_CHUNK: usize = gemm::NR;
 
 #[cfg(target_arch = "x86_64")]
 trait Kernel: avx2::Avx2Block {}
@@ -79,9 +88,11 @@ impl CpuQMatMul {
         }))
     }
 
-    /// `y = x · Wᵀ` for `x` of `rows × in_features`; returns `rows × out_features`.
-    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        matmul_group(&[self], x)
+    /// `y = x · Wᵀ` for `x` of `rows × in_features`, whose first `decode_rows` rows are decode
+    /// rows and the rest prompt rows; returns `rows × out_features`.
+    #[cfg(test)]
+    fn matmul(&self, x: &[f32], decode_rows: usize) -> Vec<f32> {
+        matmul_group(&[self], x, decode_rows)
     }
 
     pub fn in_features(&self) -> usize {
@@ -89,12 +100,33 @@ impl CpuQMatMul {
     }
 
     /// Output columns `o0..o1` for every activation row, written to `y` (row stride
-    /// `stride`, this matrix's columns starting at `y`).
-    fn run_range(&self, x: &[f32], y: SharedOut, stride: usize, o0: usize, o1: usize) {
+    /// `stride`, this matrix's columns starting at `y`); the first `decode_rows` rows of `x`
+    /// are decode rows, the rest prompt rows.
+    fn run_range(
+        &self,
+        x: &[f32],
+        decode_rows: usize,
+        y: SharedOut,
+        stride: usize,
+        (o0, o1): (usize, usize),
+    ) {
+        let (decode, prompt) = x.split_at(decode_rows * self.in_features);
+        // SAFETY: the prompt rows' outputs start `decode_rows` rows into y.
+        let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
+        let cols = self.in_features;
         match &*self.packed {
-            Packed::Q4_0(w) => self.run_typed(w, x, y, stride, o0, o1),
-            Packed::Q4_1(w) => self.run_typed(w, x, y, stride, o0, o1),
-            Packed::Q8_0(w) => self.run_typed(w, x, y, stride, o0, o1),
+            Packed::Q4_0(w) => {
+                self.run_typed(w, decode, y, stride, o0, o1);
+                gemm::run_range(w, cols, prompt, y_prompt, stride, o0, o1);
+            }
+            Packed::Q4_1(w) => {
+                self.run_typed(w, decode, y, stride, o0, o1);
+                gemm::run_range(w, cols, prompt, y_prompt, stride, o0, o1);
+            }
+            Packed::Q8_0(w) => {
+                self.run_typed(w, decode, y, stride, o0, o1);
+                gemm::run_range(w, cols, prompt, y_prompt, stride, o0, o1);
+            }
         }
     }
 
@@ -137,8 +169,8 @@ impl CpuQMatMul {
 /// Several matrices with the same input applied to `x` in one parallel region (q/k/v,
 /// gate/up): one wake-up of the pool instead of one per matrix. Returns `rows × Σ out`, the
 /// matrices' outputs side by side; each value is computed exactly as by
-/// [`CpuQMatMul::matmul`].
-pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32]) -> Vec<f32> {
+/// [`CpuQMatMul::matmul`]. The first `decode_rows` rows of `x` are decode rows.
+pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<f32> {
     let cols = mats.first().map_or(1, |m| m.in_features);
     debug_assert!(mats.iter().all(|m| m.in_features == cols));
     let rows = x.len() / cols;
@@ -156,7 +188,10 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32]) -> Vec<f32> {
         .collect();
     let threads = rayon::current_num_threads().max(1);
     // Enough tasks to balance the pool, each big enough to amortize its scheduling.
-    let per_task = total_out.div_ceil(threads * 4).max(W_CHUNK);
+    let per_task = total_out
+        .div_ceil(threads * 4)
+        .max(W_CHUNK)
+        .next_multiple_of(W_CHUNK);
     let tasks: Vec<(usize, usize, usize)> = mats
         .iter()
         .enumerate()
@@ -166,8 +201,10 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32]) -> Vec<f32> {
                 .map(move |o0| (m, o0, (o0 + per_task).min(mat.out_features)))
         })
         .collect();
-    let run =
-        |&(m, o0, o1): &(usize, usize, usize)| mats[m].run_range(x, ptrs[m], total_out, o0, o1);
+    let decode_rows = decode_rows.min(rows);
+    let run = |&(m, o0, o1): &(usize, usize, usize)| {
+        mats[m].run_range(x, decode_rows, ptrs[m], total_out, (o0, o1))
+    };
     // Below this many multiply-adds, waking the pool costs more than it saves.
     if rows * cols * total_out < PARALLEL_MIN_MACS {
         tasks.iter().for_each(run);
@@ -220,8 +257,12 @@ fn compute_tile<B: Kernel>(w_rows: &[B], cols: usize, t: usize, x: &[f32], out: 
     }
 }
 
-/// Matrices sharing one input, as one candle op whose output is theirs side by side.
-pub struct CpuQMatMulGroup(pub Vec<CpuQMatMul>);
+/// Matrices sharing one input, as one candle op whose output is theirs side by side; the
+/// input's first `decode_rows` rows are decode rows, the rest prompt rows.
+pub struct CpuQMatMulGroup {
+    pub mats: Vec<CpuQMatMul>,
+    pub decode_rows: usize,
+}
 
 impl CustomOp1 for CpuQMatMulGroup {
     fn name(&self) -> &'static str {
@@ -233,7 +274,7 @@ impl CustomOp1 for CpuQMatMulGroup {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let refs: Vec<&CpuQMatMul> = self.0.iter().collect();
+        let refs: Vec<&CpuQMatMul> = self.mats.iter().collect();
         let Some(first) = refs.first() else {
             candle_core::bail!("empty matmul group");
         };
@@ -241,7 +282,7 @@ impl CustomOp1 for CpuQMatMulGroup {
         let total: usize = refs.iter().map(|m| m.out_features).sum();
         let rows = x.len() / first.in_features;
         Ok((
-            CpuStorage::F32(matmul_group(&refs, x)),
+            CpuStorage::F32(matmul_group(&refs, x, self.decode_rows)),
             Shape::from((rows, total)),
         ))
     }
@@ -268,23 +309,6 @@ fn activations<'a>(
     Ok(&x[start..end])
 }
 
-impl CustomOp1 for CpuQMatMul {
-    fn name(&self) -> &'static str {
-        "docanalyze-cpu-qmatmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.matmul(activations(storage, layout, self.in_features)?);
-        let mut out_dims = layout.shape().dims().to_vec();
-        *out_dims.last_mut().expect("non-empty dims") = self.out_features;
-        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,7 +322,8 @@ mod tests {
 
     const TYPES: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
 
-    /// Every type against a dequantize-then-f64 reference, for odd sizes and batch 1..=17.
+    /// Every type against a dequantize-then-f64 reference, for odd sizes and batch 1..=17,
+    /// half of each batch decode rows and half prompt rows (both kernels).
     #[test]
     fn matches_dequantized_reference() {
         let dev = Device::Cpu;
@@ -316,7 +341,7 @@ mod tests {
                 let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
                 for rows in 1..=17 {
                     let x = random(rows * inp, 2 + rows as u64);
-                    let y = k.matmul(&x);
+                    let y = k.matmul(&x, rows / 2);
                     for r in 0..rows {
                         for o in 0..out {
                             let (exact, scale) = (0..inp).fold((0f64, 0f64), |(e, s), i| {
@@ -347,10 +372,18 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let x = random(13 * inp, 6);
-            let batched = k.matmul(&x);
-            for r in 0..13 {
-                let alone = k.matmul(&x[r * inp..(r + 1) * inp]);
-                assert_eq!(alone, batched[r * out..(r + 1) * out], "{dtype:?} row {r}");
+            // Decode rows alone, prompt rows alone, and 5 decode rows before 8 prompt rows.
+            for decode_rows in [13, 0, 5] {
+                let batched = k.matmul(&x, decode_rows);
+                for r in 0..13 {
+                    let kind = usize::from(r < decode_rows);
+                    let alone = k.matmul(&x[r * inp..(r + 1) * inp], kind);
+                    assert_eq!(
+                        alone,
+                        batched[r * out..(r + 1) * out],
+                        "{dtype:?} row {r} of 13, {decode_rows} decode rows"
+                    );
+                }
             }
         }
     }
