@@ -9,6 +9,7 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use super::batch::Segment;
+use super::causal_softmax::CausalSoftmax;
 use super::cpu_attention::{CpuAttention, DecodeRow};
 use super::{ModelConfig, SlotKvCache};
 
@@ -20,8 +21,10 @@ pub struct AttentionPlan {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    /// Blocks of more than one row (or every block off the CPU), with their causal masks.
+    /// Blocks of more than one row (or every block off the CPU), with their causal masks
+    /// (none on the CPU, where [`CausalSoftmax`] masks as it goes).
     tensor_blocks: Vec<(Segment, Option<Tensor>)>,
+    use_cpu: bool,
     /// Single rows attended by the CPU kernel, and their row indices in the step.
     cpu: Option<(CpuAttention, Vec<usize>, Tensor)>,
     rows: usize,
@@ -51,7 +54,11 @@ impl AttentionPlan {
                 });
                 decode_index.push(block.start);
             } else {
-                let mask = causal_mask(&block, group, device)?;
+                let mask = if use_cpu {
+                    None
+                } else {
+                    causal_mask(&block, group, device)?
+                };
                 tensor_blocks.push((block, mask));
             }
         }
@@ -75,6 +82,7 @@ impl AttentionPlan {
             n_kv_head: config.n_kv_head,
             head_dim: config.head_dim,
             tensor_blocks,
+            use_cpu,
             cpu,
             rows,
         })
@@ -139,12 +147,22 @@ impl AttentionPlan {
         let k = k.permute((1, 2, 0))?; // [kvh, hd, total]
         let v = v.permute((1, 0, 2))?; // [kvh, total, hd]
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let scores = q.matmul(&k)?;
+        let probs = if self.use_cpu {
+            scores.apply_op1_no_bwd(&CausalSoftmax {
+                scale: scale as f32,
+                first_position: block.first_position,
+                group,
+            })?
+        } else {
+            let scores = (scores * scale)?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            softmax_last_dim(&scores)?
         };
-        softmax_last_dim(&scores)?
+        probs
             .matmul(&v.contiguous()?)?
             .reshape((kvh, n, group, hd))?
             .permute((1, 0, 2, 3))?

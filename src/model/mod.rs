@@ -4,6 +4,7 @@
 
 mod attention;
 mod batch;
+mod causal_softmax;
 mod config;
 mod cpu_attention;
 mod cpu_matmul;
