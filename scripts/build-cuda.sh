@@ -79,3 +79,15 @@ cargo build --release --features cuda --bin docanalyze \
 echo "built (CUDA $version, compute capability $CUDA_COMPUTE_CAP):"
 echo "  $CARGO_TARGET_DIR/release/docanalyze"
 echo "  $CARGO_TARGET_DIR/release/examples/{batched_bench,device_check,gen_model}"
+
+# What the GPU machine needs, small enough to travel with the working tree (64 MiB): the
+# three programs of scripts/gpu-check.sh, stripped and gzipped (~39 MB; the kernels for every
+# quantized type make each binary ~55 MB stripped).
+dist="$CARGO_TARGET_DIR/dist"
+rm -rf "$dist" && mkdir -p "$dist"
+for b in batched_bench device_check gen_model; do
+  strip -o "$dist/$b" "$CARGO_TARGET_DIR/release/examples/$b"
+  gzip -9 "$dist/$b"
+done
+du -sh "$dist"
+echo "for the GPU machine: $dist (scripts/gpu-check.sh $dist)"
