@@ -85,7 +85,7 @@ const P: [f32; 6] = [
 const EXP_MIN: f32 = -87.0;
 
 /// e^x for x ≤ 0, the same arithmetic as the AVX2 lanes.
-fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     if x < EXP_MIN {
         return 0.0;
     }

@@ -1,8 +1,11 @@
 //! Attention of single decode rows on the CPU, straight over the slot KV cache: every
-//! (row, head) is one task that reads its slot's keys and values in place — no copies, no
-//! masks — and computes scores, softmax and the weighted sum in one go.
+//! (row, key/value head) is one task that reads its slot's keys and values in place — no
+//! copies, no masks — once for all the query heads that share them (grouped-query
+//! attention), and computes scores, softmax and the weighted sums in one go. At long
+//! contexts this is a memory-bound loop, so reading K/V once per group instead of once per
+//! query head is what counts.
 //!
-//! A (row, head) is computed by the same instructions whatever else is in the batch.
+//! A row is computed by the same instructions whatever else is in the batch.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
@@ -72,13 +75,13 @@ impl CustomOp3 for CpuAttention {
         let stride = self.n_kv_head * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; rows * width];
-        // One task per (row, head): enough parallelism even for a single sequence.
-        out.par_chunks_mut(hd)
-            .zip(q.par_chunks(hd))
+        // One task per (row, K/V head): the query heads of its group side by side.
+        out.par_chunks_mut(group * hd)
+            .zip(q.par_chunks(group * hd))
             .enumerate()
-            .for_each_init(Vec::new, |scores, (i, (o, q_head))| {
-                let row = self.rows[i / self.n_head];
-                let g = (i % self.n_head) / group;
+            .for_each_init(Vec::new, |scores, (i, (o, q_group))| {
+                let row = self.rows[i / self.n_kv_head];
+                let g = i % self.n_kv_head;
                 let view = HeadView {
                     keys,
                     values,
@@ -86,23 +89,33 @@ impl CustomOp3 for CpuAttention {
                     stride,
                     visible: row.position + 1,
                 };
-                attend(q_head, &view, scale, scores, o);
+                attend_group(q_group, hd, &view, scale, scores, o);
             });
         Ok((CpuStorage::F32(out), Shape::from((rows, width))))
     }
 }
 
-fn attend(q: &[f32], view: &HeadView<'_>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+/// The query heads `q` (`hd` values each) sharing one K/V head.
+fn attend_group(
+    q: &[f32],
+    hd: usize,
+    view: &HeadView<'_>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if super::cpu_matmul::avx2_available() {
-        match q.len() {
+        match hd {
             // SAFETY: AVX2 and FMA were detected; the lengths match the const sizes.
-            64 => return unsafe { avx2::attend::<8>(q, view, scale, scores, out) },
-            128 => return unsafe { avx2::attend::<16>(q, view, scale, scores, out) },
+            64 => return unsafe { avx2::attend_group::<8>(q, view, scale, scores, out) },
+            128 => return unsafe { avx2::attend_group::<16>(q, view, scale, scores, out) },
             _ => {}
         }
     }
-    attend_portable(q, view, scale, scores, out);
+    for (q, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        attend_portable(q, view, scale, scores, out);
+    }
 }
 
 /// Scores, softmax (max-subtracted, then normalized) and the weighted sum of values.
@@ -140,60 +153,109 @@ fn attend_portable(
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::causal_softmax::exp;
     use super::super::cpu_matmul::avx2_hsum as hsum;
     use super::HeadView;
 
-    /// [`super::attend_portable`] for a head of `8 * N` values, the query and the output
-    /// held in registers.
+    /// [`super::attend_portable`] for the query heads of one group (`q` holds them side by
+    /// side, `8 * N` values each): every key and value row is loaded once for all of them.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `q.len() == out.len() == 8 * N`.
+    /// AVX2 and FMA must be available; `q.len() == out.len()`, a multiple of `8 * N`; `N` even.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend<const N: usize>(
+    pub unsafe fn attend_group<const N: usize>(
         q: &[f32],
         view: &HeadView<'_>,
         scale: f32,
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        let mut qv = [_mm256_setzero_ps(); N];
-        for (c, v) in qv.iter_mut().enumerate() {
-            *v = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-        }
+        let hd = 8 * N;
+        let heads = q.len() / hd;
+        let visible = view.visible;
         scores.clear();
-        scores.reserve(view.visible);
+        scores.resize(heads * visible, 0.0);
         let keys = view.keys.as_ptr().add(view.offset);
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..view.visible {
+        let qp = q.as_ptr();
+        let sp = scores.as_mut_ptr();
+        // Scores: each key in registers, dotted with every head's query.
+        for j in 0..visible {
             let k = keys.add(j * view.stride);
-            let mut even = _mm256_setzero_ps();
-            let mut odd = _mm256_setzero_ps();
-            let mut c = 0;
-            while c + 1 < N {
-                even = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k.add(8 * c)), even);
-                odd = _mm256_fmadd_ps(qv[c + 1], _mm256_loadu_ps(k.add(8 * c + 8)), odd);
-                c += 2;
+            let mut kv = [_mm256_setzero_ps(); N];
+            for (c, v) in kv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(k.add(8 * c));
             }
-            let s = hsum(_mm256_add_ps(even, odd)) * scale;
-            max = max.max(s);
-            scores.push(s);
+            for h in 0..heads {
+                let qh = qp.add(h * hd);
+                let mut even = _mm256_setzero_ps();
+                let mut odd = _mm256_setzero_ps();
+                let mut c = 0;
+                while c + 1 < N {
+                    even = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(8 * c)), kv[c], even);
+                    odd = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(8 * c + 8)), kv[c + 1], odd);
+                    c += 2;
+                }
+                *sp.add(h * visible + j) = hsum(_mm256_add_ps(even, odd)) * scale;
+            }
         }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        // Softmax of each head's scores: the probabilities replace them.
+        for h in 0..heads {
+            let row = std::slice::from_raw_parts_mut(sp.add(h * visible), visible);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = exp(*s - max);
+                sum += *s;
+            }
+            for s in row.iter_mut() {
+                *s /= sum;
+            }
         }
-        let mut acc = [_mm256_setzero_ps(); N];
+        // Weighted values, 16 columns at a time for up to 4 heads: each value row's columns
+        // are read once, and every output is the same sum over keys in order.
         let values = view.values.as_ptr().add(view.offset);
-        for (j, s) in scores.iter().enumerate() {
-            let p = _mm256_set1_ps(s / sum);
-            let v = values.add(j * view.stride);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8 * c)), *a);
+        for c in (0..hd).step_by(16) {
+            for h0 in (0..heads).step_by(4) {
+                let v = values.add(c);
+                let p = sp.add(h0 * visible);
+                let o = out.as_mut_ptr().add(h0 * hd + c);
+                let at = (visible, view.stride, hd);
+                match heads - h0 {
+                    1 => weighted_values::<1>(v, p, o, at),
+                    2 => weighted_values::<2>(v, p, o, at),
+                    3 => weighted_values::<3>(v, p, o, at),
+                    _ => weighted_values::<4>(v, p, o, at),
+                }
             }
         }
-        for (c, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
+    }
+
+    /// `out[h][0..16] = Σ_j p[h][j] · v[j][0..16]` for `H` heads, `j` in order: the heads'
+    /// probabilities `p` (`visible` each), value rows `v` (`stride` apart), outputs `hd` apart.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; the pointers cover what `(visible, stride, hd)` says.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn weighted_values<const H: usize>(
+        v: *const f32,
+        p: *const f32,
+        out: *mut f32,
+        (visible, stride, hd): (usize, usize, usize),
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; H];
+        for j in 0..visible {
+            let vj = v.add(j * stride);
+            let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
+            for (h, a) in acc.iter_mut().enumerate() {
+                let ph = _mm256_broadcast_ss(&*p.add(h * visible + j));
+                a[0] = _mm256_fmadd_ps(ph, v0, a[0]);
+                a[1] = _mm256_fmadd_ps(ph, v1, a[1]);
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(h * hd), a[0]);
+            _mm256_storeu_ps(out.add(h * hd + 8), a[1]);
         }
     }
 }
