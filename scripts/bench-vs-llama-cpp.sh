@@ -9,6 +9,7 @@
 # llama.cpp is never part of this repository; build it from its public source with
 #   cmake -B build -DLLAMA_CURL=OFF && cmake --build build -j2 --target llama-bench llama-batched-bench
 # and pass that build folder. Run on an otherwise idle machine: both use every thread given.
+# Ends with a table of medians and ratios (scripts/bench_summary.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ if [ -n "${DOCANALYZE_HOME:-}" ]; then dir="$DOCANALYZE_HOME/models"; else dir="
 model=${MODEL:-$dir/SmolLM2-135M-Instruct.Q4_1.gguf}
 
 cargo build --release --quiet --example batched_bench
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+exec > >(tee "$log")
 echo "== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; threads $threads"
 for r in $(seq "$reps"); do
   echo "== docanalyze, run $r"
@@ -32,3 +36,5 @@ for r in $(seq "$reps"); do
       -npl "$npl" -t "$threads" 2>/dev/null | grep '^|'
   fi
 done
+echo "== summary"
+python3 scripts/bench_summary.py <"$log"
