@@ -178,7 +178,7 @@ impl ModelInfo {
             ("weights", bytes(self.weights_bytes)),
             (
                 "KV bytes per token",
-                format!("{} (f32 K and V)", self.kv_bytes_per_token),
+                format!("{} (f16 K and V)", self.kv_bytes_per_token),
             ),
             (
                 "KV bytes per sequence",

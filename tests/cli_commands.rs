@@ -5,8 +5,9 @@ mod cli_support;
 use cli_support::{docanalyze, stderr_of, stdout_of, Workspace};
 use serde_json::Value;
 
-/// KV bytes per token of the tiny model: 2 (K, V) × 2 layers × 2 kv heads × 16 dims × 4 bytes.
-const TINY_KV_BYTES_PER_TOKEN: u64 = 512;
+/// KV bytes per token of the tiny model: 2 (K, V) × 2 layers × 2 kv heads × 16 dims × 2 bytes
+/// (f16).
+const TINY_KV_BYTES_PER_TOKEN: u64 = 256;
 
 #[test]
 fn info_prints_the_kv_bytes() {
@@ -26,7 +27,7 @@ fn info_prints_the_kv_bytes() {
             .unwrap_or_else(|| panic!("no `{label}` line in\n{text}"))
             .to_string()
     };
-    assert!(line("KV bytes per token").contains("512"));
+    assert!(line("KV bytes per token").contains("256 (f16 K and V)"));
     assert!(line("KV bytes per sequence").contains(&(256 * TINY_KV_BYTES_PER_TOKEN).to_string()));
     assert!(line("architecture").ends_with("llama"));
     assert!(line("tensor types").contains("Q8_0"));

@@ -16,6 +16,10 @@ use docanalyze::sampler::{argmax, SamplingParams};
 use docanalyze::tokenizer::Tokenizer;
 
 const TOLERANCE: f32 = 1e-4;
+/// F32 weights go through candle's gemm, whose f32 sums depend on how many rows share the
+/// call; the f16 K/V cache turns those last-bit differences into f16 steps (3e-4 measured).
+/// The quantized types run on the project's kernels, where a row never depends on its batch.
+const F32_WEIGHTS_TOLERANCE: f32 = 1e-3;
 
 /// A model and its tokenizer, written to and loaded from a temporary GGUF.
 struct Fixture {
@@ -98,9 +102,14 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     let diff = max_abs_diff(got, want);
+    let tolerance = if what.starts_with("F32:") {
+        F32_WEIGHTS_TOLERANCE
+    } else {
+        TOLERANCE
+    };
     assert!(
-        diff <= TOLERANCE,
-        "{what}: logits differ by {diff} (> {TOLERANCE}); argmax {} vs {}",
+        diff <= tolerance,
+        "{what}: logits differ by {diff} (> {tolerance}); argmax {} vs {}",
         argmax(got),
         argmax(want)
     );

@@ -5,7 +5,7 @@
 //! a row's attention is computed with the same shapes however its prompt was chunked into
 //! steps: batched and sequential runs give the same bits.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use super::batch::Segment;
@@ -137,6 +137,7 @@ impl AttentionPlan {
         let group = self.n_head / kvh;
         let total = block.first_position + n;
         let (k, v) = cache.slot_prefix(layer, block.slot, total)?;
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         // [n, H, hd] -> [kvh, n * group, hd]
         let q = q
             .narrow(0, block.start, n)?

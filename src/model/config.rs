@@ -103,8 +103,11 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Bytes of K and V cache one token occupies (f32 elements).
+    /// Bytes of K and V cache one token occupies (f16 elements, see `kv_cache::KV_DTYPE`).
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layer * self.n_kv_head * self.head_dim * std::mem::size_of::<f32>()
+        2 * self.n_layer
+            * self.n_kv_head
+            * self.head_dim
+            * super::kv_cache::KV_DTYPE.size_in_bytes()
     }
 }

@@ -8,6 +8,7 @@
 //! A row is computed by the same instructions whatever else is in the batch.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use half::f16;
 use rayon::prelude::*;
 
 use super::SlotId;
@@ -20,7 +21,7 @@ pub struct DecodeRow {
 }
 
 /// Attention for decode rows: queries `[rows, n_head * head_dim]` (already rotated) against
-/// the caches `[slots * ctx, n_kv_head * head_dim]`.
+/// the caches `[slots * ctx, n_kv_head * head_dim]` (f16).
 pub struct CpuAttention {
     pub rows: Vec<DecodeRow>,
     pub n_head: usize,
@@ -39,10 +40,20 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&
     Ok(&v[a..b])
 }
 
+fn slice_f16<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f16]> {
+    let CpuStorage::F16(v) = s else {
+        candle_core::bail!("attention: {what} must be f16");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("attention: {what} must be contiguous");
+    };
+    Ok(&v[a..b])
+}
+
 /// Where one head's keys and values are: row `j` of the head starts at `offset + j * stride`.
 struct HeadView<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [f16],
+    values: &'a [f16],
     offset: usize,
     stride: usize,
     visible: usize,
@@ -63,8 +74,8 @@ impl CustomOp3 for CpuAttention {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let q = slice(qs, ql, "queries")?;
-        let keys = slice(ks, kl, "keys")?;
-        let values = slice(vs, vl, "values")?;
+        let keys = slice_f16(ks, kl, "keys")?;
+        let values = slice_f16(vs, vl, "values")?;
         let hd = self.head_dim;
         let width = self.n_head * hd;
         let rows = self.rows.len();
@@ -107,7 +118,7 @@ fn attend_group(
     #[cfg(target_arch = "x86_64")]
     if super::cpu_matmul::avx2_available() {
         match hd {
-            // SAFETY: AVX2 and FMA were detected; the lengths match the const sizes.
+            // SAFETY: AVX2, FMA and F16C were detected; the lengths match the const sizes.
             64 => return unsafe { avx2::attend_group::<8>(q, view, scale, scores, out) },
             128 => return unsafe { avx2::attend_group::<16>(q, view, scale, scores, out) },
             _ => {}
@@ -130,7 +141,10 @@ fn attend_portable(
     scores.clear();
     for j in 0..view.visible {
         let k = &view.keys[view.offset + j * view.stride..][..hd];
-        let dot = q.iter().zip(k).fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
+        let dot = q
+            .iter()
+            .zip(k)
+            .fold(0f32, |acc, (a, b)| a.mul_add(b.to_f32(), acc));
         scores.push(dot * scale);
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -144,7 +158,7 @@ fn attend_portable(
         let p = s / sum;
         let v = &view.values[view.offset + j * view.stride..][..hd];
         for (o, x) in out.iter_mut().zip(v) {
-            *o = p.mul_add(*x, *o);
+            *o = p.mul_add(x.to_f32(), *o);
         }
     }
 }
@@ -156,13 +170,21 @@ mod avx2 {
     use super::super::causal_softmax::exp;
     use super::super::cpu_matmul::avx2_hsum as hsum;
     use super::HeadView;
+    use half::f16;
+
+    /// Eight f16 values as f32 (exact).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
 
     /// [`super::attend_portable`] for the query heads of one group (`q` holds them side by
     /// side, `8 * N` values each): every key and value row is loaded once for all of them.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `q.len() == out.len()`, a multiple of `8 * N`; `N` even.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C must be available; `q.len() == out.len()`, a multiple of `8 * N`; `N` even.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend_group<const N: usize>(
         q: &[f32],
         view: &HeadView<'_>,
@@ -183,7 +205,7 @@ mod avx2 {
             let k = keys.add(j * view.stride);
             let mut kv = [_mm256_setzero_ps(); N];
             for (c, v) in kv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(k.add(8 * c));
+                *v = load_f16(k.add(8 * c));
             }
             for h in 0..heads {
                 let qh = qp.add(h * hd);
@@ -234,11 +256,11 @@ mod avx2 {
     /// probabilities `p` (`visible` each), value rows `v` (`stride` apart), outputs `hd` apart.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; the pointers cover what `(visible, stride, hd)` says.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C must be available; the pointers cover what `(visible, stride, hd)` says.
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn weighted_values<const H: usize>(
-        v: *const f32,
+        v: *const f16,
         p: *const f32,
         out: *mut f32,
         (visible, stride, hd): (usize, usize, usize),
@@ -246,7 +268,7 @@ mod avx2 {
         let mut acc = [[_mm256_setzero_ps(); 2]; H];
         for j in 0..visible {
             let vj = v.add(j * stride);
-            let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
+            let (v0, v1) = (load_f16(vj), load_f16(vj.add(8)));
             for (h, a) in acc.iter_mut().enumerate() {
                 let ph = _mm256_broadcast_ss(&*p.add(h * visible + j));
                 a[0] = _mm256_fmadd_ps(ph, v0, a[0]);

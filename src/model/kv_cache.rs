@@ -4,7 +4,12 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::SlotId;
 
-/// Keys and values of every slot for every layer.
+/// Element type of the cache: f16, llama.cpp's default. At long contexts decode attention
+/// streams the whole cache of every sequence at every step, so half the bytes is nearly half
+/// the time; the values are rounded to f16 once, when written.
+pub const KV_DTYPE: DType = DType::F16;
+
+/// Keys and values of every slot for every layer, in [`KV_DTYPE`].
 ///
 /// Layout per layer: `[slots * ctx, kv_heads * head_dim]`, i.e. slot `s`, position `p` is row
 /// `s * ctx + p`. A row's K/V are one contiguous run, so a batch writes all its rows with one
@@ -29,7 +34,7 @@ impl SlotKvCache {
         device: &Device,
     ) -> Result<Self> {
         let shape = (slots * ctx, kv_heads * head_dim);
-        let alloc = || Tensor::zeros(shape, DType::F32, device);
+        let alloc = || Tensor::zeros(shape, KV_DTYPE, device);
         Ok(Self {
             keys: (0..layers).map(|_| alloc()).collect::<Result<_>>()?,
             values: (0..layers).map(|_| alloc()).collect::<Result<_>>()?,
@@ -49,17 +54,23 @@ impl SlotKvCache {
     }
 
     pub fn bytes(&self) -> usize {
-        2 * self.keys.len() * self.slots * self.ctx * self.kv_heads * self.head_dim * 4
+        2 * self.keys.len()
+            * self.slots
+            * self.ctx
+            * self.kv_heads
+            * self.head_dim
+            * KV_DTYPE.size_in_bytes()
     }
 
-    /// Writes `k`, `v` (`[rows, kv_heads * head_dim]`) at the cache rows `index`
+    /// Writes `k`, `v` (`[rows, kv_heads * head_dim]`, f32) at the cache rows `index`
     /// (`[rows, kv_heads * head_dim]` u32, every column holding `slot * ctx + position`).
     pub fn write(&self, layer: usize, index: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
-        self.keys[layer].scatter_set(index, k, 0)?;
-        self.values[layer].scatter_set(index, v, 0)
+        self.keys[layer].scatter_set(index, &k.to_dtype(KV_DTYPE)?, 0)?;
+        self.values[layer].scatter_set(index, &v.to_dtype(KV_DTYPE)?, 0)
     }
 
-    /// Keys and values of positions `0..len` of `slot`, each `[len, kv_heads, head_dim]` views.
+    /// Keys and values of positions `0..len` of `slot`, each `[len, kv_heads, head_dim]` views
+    /// in [`KV_DTYPE`].
     pub fn slot_prefix(&self, layer: usize, slot: SlotId, len: usize) -> Result<(Tensor, Tensor)> {
         let start = slot.0 * self.ctx;
         let shape = (len, self.kv_heads, self.head_dim);
