@@ -716,17 +716,28 @@ fn cpu_attention_equals_the_tensor_attention() {
         let mut second = BatchStep::default();
         second.rows.extend(rows(&seqs[1], 2, 1, 1, true));
         second.rows.extend(rows(&seqs[2], 6, 8, 2, true));
+        // Then a decode row for each sequence, at different positions (the GPU attends them
+        // together, padded to the longest).
+        let third = BatchStep {
+            rows: [(1usize, 3usize), (0, 9), (2, 14)]
+                .iter()
+                .map(|&(slot, position)| BatchRow {
+                    token: 7,
+                    position,
+                    slot: SlotId(slot),
+                    wants_logits: true,
+                    prompt: false,
+                })
+                .collect(),
+        };
         let a = forward(&fx.model, &first, &cache);
         let b = forward(&fx.model, &second, &cache);
-        results.push((a, b));
+        let c = forward(&fx.model, &third, &cache);
+        results.push([a, b, c].concat());
     }
     let (cpu, tensor) = (&results[0], &results[1]);
-    for (x, y) in cpu
-        .0
-        .iter()
-        .chain(&cpu.1)
-        .zip(tensor.0.iter().chain(&tensor.1))
-    {
+    assert_eq!(cpu.len(), tensor.len());
+    for (x, y) in cpu.iter().zip(tensor) {
         assert_close(x, y, "cpu vs tensor attention");
     }
 }

@@ -27,7 +27,51 @@ pub struct AttentionPlan {
     use_cpu: bool,
     /// Single rows attended by the CPU kernel, and their row indices in the step.
     cpu: Option<(CpuAttention, Vec<usize>, Tensor)>,
+    /// Single rows off the CPU, attended all together.
+    padded: Option<PaddedRows>,
     rows: usize,
+}
+
+/// Single rows (decode rows) on a GPU: each row's slot prefix is gathered from the cache and
+/// padded to the longest, so the step's decode attention is a handful of kernel launches per
+/// layer however many rows there are (a loop over rows would launch several per row).
+struct PaddedRows {
+    /// Row indices in the step, and the same as a u32 tensor.
+    starts: Vec<usize>,
+    index: Tensor,
+    /// Cache rows `[rows * len]`: row `i`'s positions `0..len`, clamped to its own position.
+    gather: Tensor,
+    /// `[rows, 1, 1, len]`: 0 where row `i` may look, -inf past its position.
+    mask: Tensor,
+    len: usize,
+}
+
+impl PaddedRows {
+    fn new(rows: &[(usize, Segment)], ctx: usize, device: &Device) -> Result<Self> {
+        let len = rows
+            .iter()
+            .map(|(_, b)| b.first_position + 1)
+            .max()
+            .unwrap_or(1);
+        let mut gather = Vec::with_capacity(rows.len() * len);
+        let mut mask = Vec::with_capacity(rows.len() * len);
+        for (_, b) in rows {
+            for t in 0..len {
+                let visible = t <= b.first_position;
+                gather.push((b.slot.0 * ctx + t.min(b.first_position)) as u32);
+                mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        let starts: Vec<usize> = rows.iter().map(|&(start, _)| start).collect();
+        let index: Vec<u32> = starts.iter().map(|&i| i as u32).collect();
+        Ok(Self {
+            index: Tensor::new(index, device)?,
+            gather: Tensor::new(gather, device)?,
+            mask: Tensor::from_vec(mask, (rows.len(), 1, 1, len), device)?,
+            starts,
+            len,
+        })
+    }
 }
 
 impl AttentionPlan {
@@ -43,6 +87,7 @@ impl AttentionPlan {
         let mut tensor_blocks = Vec::new();
         let mut decode_rows = Vec::new();
         let mut decode_index = Vec::new();
+        let mut single_rows = Vec::new();
         for block in segments
             .iter()
             .flat_map(|s| split_blocks(s, ATTENTION_BLOCK))
@@ -53,6 +98,8 @@ impl AttentionPlan {
                     position: block.first_position,
                 });
                 decode_index.push(block.start);
+            } else if block.len == 1 {
+                single_rows.push((block.start, block));
             } else {
                 let mask = if use_cpu {
                     None
@@ -77,6 +124,11 @@ impl AttentionPlan {
             };
             Some((op, decode_index, index))
         };
+        let padded = if single_rows.is_empty() {
+            None
+        } else {
+            Some(PaddedRows::new(&single_rows, ctx, device)?)
+        };
         Ok(Self {
             n_head: config.n_head,
             n_kv_head: config.n_kv_head,
@@ -84,6 +136,7 @@ impl AttentionPlan {
             tensor_blocks,
             use_cpu,
             cpu,
+            padded,
             rows,
         })
     }
@@ -108,6 +161,15 @@ impl AttentionPlan {
                 pieces.push((start, out.narrow(0, i, 1)?));
             }
         }
+        if let Some(padded) = &self.padded {
+            let out = self.padded_rows(layer, padded, q, cache)?;
+            if padded.starts.len() == self.rows {
+                return Ok(out); // every row is a single row, in order
+            }
+            for (i, &start) in padded.starts.iter().enumerate() {
+                pieces.push((start, out.narrow(0, i, 1)?));
+            }
+        }
         for (block, mask) in &self.tensor_blocks {
             pieces.push((
                 block.start,
@@ -120,6 +182,41 @@ impl AttentionPlan {
             return Ok(tensors.pop().expect("one piece"));
         }
         Tensor::cat(&tensors, 0)
+    }
+
+    /// All single rows at once: `[rows, kvh, group, hd]` queries against their gathered,
+    /// padded prefixes `[rows, kvh, len, hd]`, masked past each row's position.
+    fn padded_rows(
+        &self,
+        layer: usize,
+        padded: &PaddedRows,
+        q: &Tensor,
+        cache: &SlotKvCache,
+    ) -> Result<Tensor> {
+        let (d, kvh, hd, len) = (
+            padded.starts.len(),
+            self.n_kv_head,
+            self.head_dim,
+            padded.len,
+        );
+        let group = self.n_head / kvh;
+        let q = q
+            .reshape((self.rows, self.n_head * hd))?
+            .index_select(&padded.index, 0)?
+            .reshape((d, kvh, group, hd))?;
+        let (keys, values) = cache.layer(layer);
+        let gathered = |t: &Tensor| -> Result<Tensor> {
+            t.index_select(&padded.gather, 0)?
+                .to_dtype(DType::F32)?
+                .reshape((d, len, kvh, hd))
+        };
+        let k = gathered(keys)?.permute((0, 2, 3, 1))?.contiguous()?; // [d, kvh, hd, len]
+        let v = gathered(values)?.permute((0, 2, 1, 3))?.contiguous()?; // [d, kvh, len, hd]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k)? * scale)?.broadcast_add(&padded.mask)?;
+        softmax_last_dim(&scores)?
+            .matmul(&v)?
+            .reshape((d, kvh * group * hd))
     }
 
     /// One block's queries over its slot with tensor ops (gemm on the CPU, GPU kernels
