@@ -8,6 +8,8 @@
 //! batch.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+
+use super::cpu_storage::contiguous;
 use rayon::prelude::*;
 
 /// The block's shape: where its rows start and how many query heads share a key head.
@@ -23,12 +25,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("causal softmax: scores must be f32");
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("causal softmax: scores must be contiguous");
-        };
+        let scores = contiguous::<f32>(s, l, "causal softmax: scores")?;
         let dims = l.shape().dims();
         let (Some(&total), Some(&rows)) = (dims.last(), dims.iter().rev().nth(1)) else {
             candle_core::bail!("causal softmax: scores {dims:?} need two dimensions");
@@ -39,7 +36,7 @@ impl CustomOp1 for CausalSoftmax {
                 self.first_position
             );
         }
-        let mut out = v[a..b].to_vec();
+        let mut out = scores.to_vec();
         out.par_chunks_mut(total).enumerate().for_each(|(r, row)| {
             let visible = self.first_position + (r % rows) / self.group + 1;
             softmax_row(row, visible, self.scale);

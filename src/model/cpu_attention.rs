@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use half::f16;
 use rayon::prelude::*;
 
+use super::cpu_storage::contiguous;
 use super::SlotId;
 
 /// One query row: its slot and position (it sees positions `0..=position`).
@@ -28,26 +29,6 @@ pub struct CpuAttention {
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub ctx: usize,
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("attention: {what} must be f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("attention: {what} must be contiguous");
-    };
-    Ok(&v[a..b])
-}
-
-fn slice_f16<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f16]> {
-    let CpuStorage::F16(v) = s else {
-        candle_core::bail!("attention: {what} must be f16");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("attention: {what} must be contiguous");
-    };
-    Ok(&v[a..b])
 }
 
 /// Where one head's keys and values are: row `j` of the head starts at `offset + j * stride`.
@@ -73,9 +54,9 @@ impl CustomOp3 for CpuAttention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = slice(qs, ql, "queries")?;
-        let keys = slice_f16(ks, kl, "keys")?;
-        let values = slice_f16(vs, vl, "values")?;
+        let q = contiguous::<f32>(qs, ql, "attention: queries")?;
+        let keys = contiguous::<f16>(ks, kl, "attention: keys")?;
+        let values = contiguous::<f16>(vs, vl, "attention: values")?;
         let hd = self.head_dim;
         let width = self.n_head * hd;
         let rows = self.rows.len();

@@ -8,6 +8,7 @@ mod causal_softmax;
 mod config;
 mod cpu_attention;
 mod cpu_matmul;
+mod cpu_storage;
 mod gguf;
 mod kv_cache;
 mod linear;

@@ -25,6 +25,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
+use super::cpu_storage::contiguous;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, WeightBlock, QK};
 
 pub use avx2::available as avx2_available;
@@ -294,19 +295,14 @@ fn activations<'a>(
     layout: &Layout,
     in_features: usize,
 ) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(x) = storage else {
-        candle_core::bail!("quantized matmul expects f32 activations");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("quantized matmul expects contiguous activations");
-    };
+    let x = contiguous::<f32>(storage, layout, "quantized matmul: activations")?;
     if layout.shape().dims().last() != Some(&in_features) {
         candle_core::bail!(
             "quantized matmul: activations {:?} do not match {in_features} input features",
             layout.shape().dims()
         );
     }
-    Ok(&x[start..end])
+    Ok(x)
 }
 
 #[cfg(test)]
