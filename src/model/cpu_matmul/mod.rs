@@ -100,7 +100,7 @@ impl CpuQMatMul {
         self.in_features
     }
 
-    /// Output columns `o0..o1` for every activation row, written to `y` (row stride
+    /// Output columns `range` (`o0..o1`) for every activation row, written to `y` (row stride
     /// `stride`, this matrix's columns starting at `y`); the first `decode_rows` rows of `x`
     /// are decode rows, the rest prompt rows.
     fn run_range(
@@ -109,26 +109,31 @@ impl CpuQMatMul {
         decode_rows: usize,
         y: SharedOut,
         stride: usize,
+        range: (usize, usize),
+    ) {
+        match &*self.packed {
+            Packed::Q4_0(w) => self.run_rows(w, x, decode_rows, y, stride, range),
+            Packed::Q4_1(w) => self.run_rows(w, x, decode_rows, y, stride, range),
+            Packed::Q8_0(w) => self.run_rows(w, x, decode_rows, y, stride, range),
+        }
+    }
+
+    /// [`Self::run_range`] for weights of type `B`: decode rows through the register tiles,
+    /// prompt rows through [`gemm`].
+    fn run_rows<B: Kernel>(
+        &self,
+        w: &[B],
+        x: &[f32],
+        decode_rows: usize,
+        y: SharedOut,
+        stride: usize,
         (o0, o1): (usize, usize),
     ) {
         let (decode, prompt) = x.split_at(decode_rows * self.in_features);
+        self.run_typed(w, decode, y, stride, o0, o1);
         // SAFETY: the prompt rows' outputs start `decode_rows` rows into y.
         let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
-        let cols = self.in_features;
-        match &*self.packed {
-            Packed::Q4_0(w) => {
-                self.run_typed(w, decode, y, stride, o0, o1);
-                gemm::run_range(w, cols, prompt, y_prompt, stride, o0, o1);
-            }
-            Packed::Q4_1(w) => {
-                self.run_typed(w, decode, y, stride, o0, o1);
-                gemm::run_range(w, cols, prompt, y_prompt, stride, o0, o1);
-            }
-            Packed::Q8_0(w) => {
-                self.run_typed(w, decode, y, stride, o0, o1);
-                gemm::run_range(w, cols, prompt, y_prompt, stride, o0, o1);
-            }
-        }
+        gemm::run_range(w, self.in_features, prompt, y_prompt, stride, o0, o1);
     }
 
     fn run_typed<B: Kernel>(
