@@ -3,7 +3,7 @@
 //! same model and machine (see scripts/bench-vs-llama-cpp.sh and BENCHMARKS.md).
 //!
 //! cargo run --release --example batched_bench -- [--model M] [--threads N] [--npl 1,2,4,8,16]
-//!     [--npp 128] [--ntg 128] [--device cpu|cuda]
+//!     [--npp 128] [--ntg 128] [--device cpu|cuda] [--llama-bench true|false]
 
 use std::time::Instant;
 
@@ -23,6 +23,8 @@ struct Args {
     npl: Vec<usize>,
     npp: usize,
     ntg: usize,
+    /// Also run the `llama-bench -p 512 -n 128` workload.
+    llama_bench: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -33,6 +35,7 @@ fn parse() -> anyhow::Result<Args> {
         npl: vec![1, 2, 4, 8, 16],
         npp: 128,
         ntg: 128,
+        llama_bench: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +49,7 @@ fn parse() -> anyhow::Result<Args> {
             "--npl" => args.npl = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--npp" => args.npp = value.parse()?,
             "--ntg" => args.ntg = value.parse()?,
+            "--llama-bench" => args.llama_bench = value.parse()?,
             _ => anyhow::bail!("unknown flag {flag}"),
         }
     }
@@ -118,12 +122,14 @@ fn main() -> anyhow::Result<()> {
         args.threads,
         args.model.display()
     );
-    println!("llama-bench workload:");
-    let (pp, _, pp_tokens, _, _) = run(&model, &tokenizer, 1, 512, 1)?;
-    let (_, tg, _, tg_tokens, _) = run(&model, &tokenizer, 1, 16, args.ntg + 1)?;
-    println!("| test  | t/s |");
-    println!("| pp512 | {:.2} |", pp_tokens as f64 / pp);
-    println!("| tg{}  | {:.2} |", args.ntg, tg_tokens as f64 / tg);
+    if args.llama_bench {
+        println!("llama-bench workload:");
+        let (pp, _, pp_tokens, _, _) = run(&model, &tokenizer, 1, 512, 1)?;
+        let (_, tg, _, tg_tokens, _) = run(&model, &tokenizer, 1, 16, args.ntg + 1)?;
+        println!("| test  | t/s |");
+        println!("| pp512 | {:.2} |", pp_tokens as f64 / pp);
+        println!("| tg{}  | {:.2} |", args.ntg, tg_tokens as f64 / tg);
+    }
     println!(
         "batched-bench workload (npp {}, ntg {}):",
         args.npp, args.ntg

@@ -41,11 +41,16 @@ fn main() -> anyhow::Result<()> {
                 rayon::scope(|_| {
                     timed = (|| -> anyhow::Result<f64> {
                         lin.forward(&x, decode_rows)?;
-                        let t = Instant::now();
-                        for _ in 0..reps {
-                            lin.forward(&x, decode_rows)?;
+                        // The fastest of 5 rounds: the host is shared, and noise only slows.
+                        let mut best = f64::INFINITY;
+                        for _ in 0..5 {
+                            let t = Instant::now();
+                            for _ in 0..reps.div_ceil(5) {
+                                lin.forward(&x, decode_rows)?;
+                            }
+                            best = best.min(t.elapsed().as_secs_f64() / reps.div_ceil(5) as f64);
                         }
-                        Ok(t.elapsed().as_secs_f64() / reps as f64)
+                        Ok(best)
                     })();
                 });
                 let s = timed?;

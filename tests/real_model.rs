@@ -167,6 +167,68 @@ fn reference_answer_is_the_models_choice_at_every_step() {
     }
 }
 
+/// Decode rows (16-bit activations on AVX2) against prompt rows (f32 activations) for the same
+/// tokens: teacher-forced along the reference answer, every answer token's logits both ways.
+#[test]
+fn decode_rows_agree_with_f32_prompt_rows() {
+    let l = load();
+    let prompt = eiffel_prompt(&l);
+    let step = |token: u32, position: usize, prompt: bool| BatchStep {
+        rows: vec![BatchRow {
+            token,
+            position,
+            slot: SlotId(0),
+            wants_logits: true,
+            prompt,
+        }],
+    };
+    let prefill = BatchStep {
+        rows: (0..prompt.len())
+            .map(|i| BatchRow {
+                token: prompt[i],
+                position: i,
+                slot: SlotId(0),
+                wants_logits: false,
+                prompt: true,
+            })
+            .collect(),
+    };
+    let (f32_cache, decode_cache) = (
+        l.model.new_cache(1, 512).unwrap(),
+        l.model.new_cache(1, 512).unwrap(),
+    );
+    l.model.forward(&prefill, &f32_cache).unwrap();
+    l.model.forward(&prefill, &decode_cache).unwrap();
+    let mut worst = 0f32;
+    for (i, &token) in EIFFEL_ANSWER.iter().enumerate() {
+        let position = prompt.len() + i;
+        let exact: Vec<f32> = l
+            .model
+            .forward(&step(token, position, true), &f32_cache)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let decoded: Vec<f32> = l
+            .model
+            .forward(&step(token, position, false), &decode_cache)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let diff = exact
+            .iter()
+            .zip(&decoded)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst = worst.max(diff);
+    }
+    eprintln!("largest logit difference, decode vs prompt rows: {worst}");
+    // The logits span about 30; the closest call of the reference answer is 0.03.
+    assert!(worst < 0.02, "decode rows drift from f32: {worst}");
+}
+
 #[test]
 fn reference_answer_survives_batching_with_other_prompts() {
     let l = load();

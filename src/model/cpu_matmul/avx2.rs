@@ -1,11 +1,11 @@
-//! AVX2/FMA kernels: each weight block is dequantized once into four registers of eight f32
-//! and multiplied into every activation row of the tile.
+//! AVX2/FMA access to weight blocks: dequantized to f32 (for the prompt-row GEMM's panels) or
+//! unpacked to 16-bit integers (for the decode-row kernel, [`super::decode`]).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
 
 /// Weight types with an AVX2 dequantization.
 #[cfg(target_arch = "x86_64")]
@@ -15,6 +15,34 @@ pub trait Avx2Block: super::blocks::WeightBlock {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     unsafe fn dequantize_avx2(&self) -> [__m256; 4];
+
+    /// The block's 32 integer weights as 16-bit lanes (weights 0..16, 16..32); the weights are
+    /// `scale() * int + offset()`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    unsafe fn ints_avx2(&self) -> (__m256i, __m256i);
+
+    fn scale(&self) -> f32;
+
+    /// Whether the type has an offset (Q4_1's `m`); when false `offset()` is 0.
+    const HAS_OFFSET: bool = false;
+
+    fn offset(&self) -> f32 {
+        0.0
+    }
+}
+
+/// 16 bytes of nibbles as 16-bit lanes: the low nibbles (weights 0..16), then the high ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn nibbles_i16(qs: &[u8; 16]) -> (__m256i, __m256i) {
+    let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(qs.as_ptr() as *const __m128i));
+    (
+        _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F)),
+        _mm256_srli_epi16(bytes, 4),
+    )
 }
 
 /// 16 bytes of nibbles as four vectors of eight f32 `q * d + m` (low nibbles first).
@@ -47,6 +75,18 @@ impl Avx2Block for BlockQ4_0 {
         let d = _mm256_set1_ps(self.d);
         nibbles_f32(&self.qs, d, _mm256_set1_ps(-8.0 * self.d))
     }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
+        let (lo, hi) = nibbles_i16(&self.qs);
+        let eight = _mm256_set1_epi16(8);
+        (_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight))
+    }
+
+    fn scale(&self) -> f32 {
+        self.d
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -55,6 +95,22 @@ impl Avx2Block for BlockQ4_1 {
     #[inline]
     unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
         nibbles_f32(&self.qs, _mm256_set1_ps(self.d), _mm256_set1_ps(self.m))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
+        nibbles_i16(&self.qs)
+    }
+
+    fn scale(&self) -> f32 {
+        self.d
+    }
+
+    const HAS_OFFSET: bool = true;
+
+    fn offset(&self) -> f32 {
+        self.m
     }
 }
 
@@ -77,43 +133,19 @@ impl Avx2Block for BlockQ8_0 {
         }
         [f32x8!(0), f32x8!(8), f32x8!(16), f32x8!(24)]
     }
-}
 
-/// `out[o * T + t] = x[t] · w[o]` for `T` activation rows (`x`, row stride `cols`) and the
-/// weight rows of `w_rows` (each `cols / 32` blocks).
-///
-/// Each row keeps two accumulators (weights 0..8 and 16..24 of every block in one, 8..16 and
-/// 24..32 in the other) so the FMAs of a block do not wait on each other; the order of
-/// operations for one output is the same for every `T`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `x` holds `T` rows of `cols` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile<B: Avx2Block, const T: usize>(
-    w_rows: &[B],
-    cols: usize,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    let nb = cols / QK;
-    let xp = x.as_ptr();
-    for (o, w_row) in w_rows.chunks_exact(nb).enumerate() {
-        let mut acc0 = [_mm256_setzero_ps(); T];
-        let mut acc1 = [_mm256_setzero_ps(); T];
-        for (b, wb) in w_row.iter().enumerate() {
-            let w = wb.dequantize_avx2();
-            for t in 0..T {
-                let xb = xp.add(t * cols + b * QK);
-                acc0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb), w[0], acc0[t]);
-                acc1[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(8)), w[1], acc1[t]);
-                acc0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(16)), w[2], acc0[t]);
-                acc1[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(24)), w[3], acc1[t]);
-            }
-        }
-        for t in 0..T {
-            *out.get_unchecked_mut(o * T + t) = hsum(_mm256_add_ps(acc0[t], acc1[t]));
-        }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
+        let p = self.qs.as_ptr() as *const __m128i;
+        (
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
+        )
+    }
+
+    fn scale(&self) -> f32 {
+        self.d
     }
 }
 

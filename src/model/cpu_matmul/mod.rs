@@ -3,21 +3,30 @@
 //! candle's CPU `QMatMul` streams the whole weight matrix once per activation row, so stacking
 //! K sequences into one matmul buys nothing there. A step's rows are of two kinds, computed
 //! by two kernels:
-//! - decode rows (one per sequence, few per step): each weight block is dequantized once
-//!   into registers and multiplied into a tile of up to 4 activation rows; weight rows are
-//!   visited in L1-sized chunks by every tile;
+//! - decode rows (one per sequence, few per step): [`decode`] quantizes their activations to
+//!   16-bit integers per block of 32 once per matmul, unpacks each weight block to 16-bit
+//!   integers once and multiplies it into a tile of up to 4 rows with `pmaddwd`; weight rows
+//!   are visited in L1-sized chunks by every tile;
 //! - prompt rows (many per step): [`gemm`] dequantizes panels of 16 weight rows into f32 once
-//!   and runs a register-blocked GEMM over them.
+//!   and runs a register-blocked GEMM over them with f32 activations.
 //!
-//! Tasks split the output columns over the rayon pool. Activations stay f32 (no 8-bit
-//! rounding), so results are the f32 product of the quantized weights up to summation order
-//! — and that order depends only on the kind of row, never on which rows share its step, so
-//! a row's result is the same in every batch. A token is always the same kind of row (a
-//! prompt token is never decoded), so batched runs equal sequential runs exactly.
+//! Tasks split the output columns over the rayon pool. The order of operations for a row
+//! depends only on its kind, never on which rows share its step, so a row's result is the
+//! same in every batch. A token is always the same kind of row (a prompt token is never
+//! decoded), so batched runs equal sequential runs exactly. Without AVX2 both kinds use the
+//! portable f32 loops.
 
 mod avx2;
 mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod decode;
 mod gemm;
+
+#[cfg(target_arch = "x86_64")]
+use decode::Rows16;
+/// (decode rows are never quantized without AVX2)
+#[cfg(not(target_arch = "x86_64"))]
+enum Rows16 {}
 
 use std::sync::Arc;
 
@@ -32,7 +41,7 @@ pub use avx2::available as avx2_available;
 #[cfg(target_arch = "x86_64")]
 pub use avx2::hsum as avx2_hsum;
 
-/// Activation rows multiplied with one dequantized weight block.
+/// Decode rows multiplied with one unpacked weight block.
 const MAX_TILE: usize = 4;
 /// Smallest matmul (in multiply-adds) split over the thread pool.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
@@ -102,44 +111,49 @@ impl CpuQMatMul {
 
     /// Output columns `range` (`o0..o1`) for every activation row, written to `y` (row stride
     /// `stride`, this matrix's columns starting at `y`); the first `decode_rows` rows of `x`
-    /// are decode rows, the rest prompt rows.
+    /// are decode rows (also given quantized as `x16` with AVX2), the rest prompt rows.
     fn run_range(
         &self,
         x: &[f32],
+        x16: Option<&Rows16>,
         decode_rows: usize,
         y: SharedOut,
         stride: usize,
         range: (usize, usize),
     ) {
         match &*self.packed {
-            Packed::Q4_0(w) => self.run_rows(w, x, decode_rows, y, stride, range),
-            Packed::Q4_1(w) => self.run_rows(w, x, decode_rows, y, stride, range),
-            Packed::Q8_0(w) => self.run_rows(w, x, decode_rows, y, stride, range),
+            Packed::Q4_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q4_1(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q8_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
         }
     }
 
     /// [`Self::run_range`] for weights of type `B`: decode rows through the register tiles,
     /// prompt rows through [`gemm`].
+    #[allow(clippy::too_many_arguments)]
     fn run_rows<B: Kernel>(
         &self,
         w: &[B],
         x: &[f32],
+        x16: Option<&Rows16>,
         decode_rows: usize,
         y: SharedOut,
         stride: usize,
         (o0, o1): (usize, usize),
     ) {
         let (decode, prompt) = x.split_at(decode_rows * self.in_features);
-        self.run_typed(w, decode, y, stride, o0, o1);
+        self.run_typed(w, decode, x16, y, stride, o0, o1);
         // SAFETY: the prompt rows' outputs start `decode_rows` rows into y.
         let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
         gemm::run_range(w, self.in_features, prompt, y_prompt, stride, o0, o1);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_typed<B: Kernel>(
         &self,
         w: &[B],
         x: &[f32],
+        x16: Option<&Rows16>,
         y: SharedOut,
         stride: usize,
         o0: usize,
@@ -158,7 +172,8 @@ impl CpuQMatMul {
             while r0 < rows {
                 let t = (rows - r0).min(MAX_TILE);
                 let scratch = &mut scratch[..(c1 - c0) * t];
-                compute_tile(w_rows, cols, t, &x[r0 * cols..(r0 + t) * cols], scratch);
+                let rows = &x[r0 * cols..(r0 + t) * cols];
+                compute_tile(w_rows, cols, rows, x16.map(|x16| (x16, r0)), scratch);
                 for (o, vals) in scratch.chunks_exact(t).enumerate() {
                     for (i, v) in vals.iter().enumerate() {
                         // SAFETY: in bounds; tasks write disjoint output columns.
@@ -208,8 +223,9 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<
         })
         .collect();
     let decode_rows = decode_rows.min(rows);
+    let x16 = quantize_decode_rows(&x[..decode_rows * cols], cols);
     let run = |&(m, o0, o1): &(usize, usize, usize)| {
-        mats[m].run_range(x, decode_rows, ptrs[m], total_out, (o0, o1))
+        mats[m].run_range(x, x16.as_ref(), decode_rows, ptrs[m], total_out, (o0, o1))
     };
     // Below this many multiply-adds, waking the pool costs more than it saves.
     if rows * cols * total_out < PARALLEL_MIN_MACS {
@@ -218,6 +234,17 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<
         tasks.par_iter().for_each(run);
     }
     y
+}
+
+/// The decode rows for [`decode::tile`], when there are some and the CPU has AVX2.
+fn quantize_decode_rows(x: &[f32], cols: usize) -> Option<Rows16> {
+    #[cfg(target_arch = "x86_64")]
+    if !x.is_empty() && avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return Some(unsafe { Rows16::quantize(x, cols) });
+    }
+    let _ = (x, cols);
+    None
 }
 
 /// The output buffer, shared by tasks that write disjoint elements.
@@ -233,15 +260,24 @@ impl SharedOut {
     }
 }
 
-/// `out[o * t + i] = x row i · weight row o`, for `t` rows of `cols` activations.
-fn compute_tile<B: Kernel>(w_rows: &[B], cols: usize, t: usize, x: &[f32], out: &mut [f32]) {
+/// `out[o * t + i] = x row i · weight row o`, for `t` rows of `cols` activations; `x16`: the
+/// same rows quantized (rows `r0..r0 + t` of it), when the CPU has AVX2.
+fn compute_tile<B: Kernel>(
+    w_rows: &[B],
+    cols: usize,
+    x: &[f32],
+    x16: Option<(&Rows16, usize)>,
+    out: &mut [f32],
+) {
+    let t = x.len() / cols;
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if let Some((x16, r0)) = x16 {
         macro_rules! tiles {
             ($($n:literal)*) => {
                 match t {
-                    // SAFETY: AVX2 and FMA were detected at run time; x holds t rows.
-                    $($n => unsafe { avx2::tile::<B, $n>(w_rows, cols, x, out) },)*
+                    // SAFETY: x16 exists only where AVX2 and FMA were detected; it holds
+                    // rows r0..r0 + t.
+                    $($n => unsafe { decode::tile::<B, $n>(w_rows, x16, r0, out) },)*
                     _ => unreachable!("tile of {t} rows"),
                 }
             };
@@ -324,7 +360,8 @@ mod tests {
     const TYPES: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
 
     /// Every type against a dequantize-then-f64 reference, for odd sizes and batch 1..=17,
-    /// half of each batch decode rows and half prompt rows (both kernels).
+    /// half of each batch decode rows and half prompt rows (both kernels), within the
+    /// rounding that 16-bit activations explain.
     #[test]
     fn matches_dequantized_reference() {
         let dev = Device::Cpu;
@@ -342,17 +379,29 @@ mod tests {
                 let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
                 for rows in 1..=17 {
                     let x = random(rows * inp, 2 + rows as u64);
-                    let y = k.matmul(&x, rows / 2);
+                    let decode_rows = rows / 2;
+                    let y = k.matmul(&x, decode_rows);
                     for r in 0..rows {
+                        // Decode rows' activations are rounded to 16 bits (with AVX2): by at
+                        // most half a step, 1/65534 of their block's largest value.
+                        let step = |i: usize| {
+                            let block = &x[r * inp + i / QK * QK..][..QK];
+                            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            amax as f64 / 65534.0
+                        };
+                        let rounded = r < decode_rows && avx2_available();
                         for o in 0..out {
-                            let (exact, scale) = (0..inp).fold((0f64, 0f64), |(e, s), i| {
-                                let p = x[r * inp + i] as f64 * wd[o * inp + i] as f64;
-                                (e + p, s + p.abs())
-                            });
-                            // f32 activations: only f32 rounding of the products and sums.
+                            let (exact, scale, rounding) =
+                                (0..inp).fold((0f64, 0f64, 0f64), |(e, s, q), i| {
+                                    let w = wd[o * inp + i] as f64;
+                                    let p = x[r * inp + i] as f64 * w;
+                                    let q = if rounded { q + w.abs() * step(i) } else { q };
+                                    (e + p, s + p.abs(), q)
+                                });
+                            // Otherwise only f32 rounding of the products and sums.
                             let err = (y[r * out + o] as f64 - exact).abs();
                             assert!(
-                                err <= scale * 1e-6 + 1e-6,
+                                err <= scale * 1e-6 + 1e-6 + rounding,
                                 "{dtype:?} {out}x{inp} rows={rows} r={r} o={o}: {} vs {exact}",
                                 y[r * out + o]
                             );
