@@ -9,7 +9,6 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use half::f16;
-use rayon::prelude::*;
 
 use super::cpu_storage::contiguous;
 use super::SlotId;
@@ -29,6 +28,24 @@ pub struct CpuAttention {
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub ctx: usize,
+}
+
+thread_local! {
+    /// Each thread's buffer of attention scores, reused across tasks and steps.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output buffer, shared by tasks that write disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// # Safety
+    /// `i` in bounds, and no other task writes there.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
 }
 
 /// Where one head's keys and values are: row `j` of the head starts at `offset + j * stride`.
@@ -67,22 +84,25 @@ impl CustomOp3 for CpuAttention {
         let stride = self.n_kv_head * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; rows * width];
+        let chunk = group * hd;
+        let out_ptr = SharedOut(out.as_mut_ptr());
         // One task per (row, K/V head): the query heads of its group side by side.
-        out.par_chunks_mut(group * hd)
-            .zip(q.par_chunks(group * hd))
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (i, (o, q_group))| {
-                let row = self.rows[i / self.n_kv_head];
-                let g = i % self.n_kv_head;
-                let view = HeadView {
-                    keys,
-                    values,
-                    offset: row.slot.0 * self.ctx * stride + g * hd,
-                    stride,
-                    visible: row.position + 1,
-                };
-                attend_group(q_group, hd, &view, scale, scores, o);
+        super::team::for_each(rows * self.n_kv_head, |i| {
+            let row = self.rows[i / self.n_kv_head];
+            let g = i % self.n_kv_head;
+            let view = HeadView {
+                keys,
+                values,
+                offset: row.slot.0 * self.ctx * stride + g * hd,
+                stride,
+                visible: row.position + 1,
+            };
+            // SAFETY: task i alone writes out[i * chunk..(i + 1) * chunk], inside `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * chunk), chunk) };
+            SCORES.with_borrow_mut(|scores| {
+                attend_group(&q[i * chunk..(i + 1) * chunk], hd, &view, scale, scores, o)
             });
+        });
         Ok((CpuStorage::F32(out), Shape::from((rows, width))))
     }
 }

@@ -134,13 +134,11 @@ impl Llama {
     /// Runs every row of `step` through the model in one pass, writing their K/V into `cache`.
     /// Returns the logits `[rows wanting logits, vocab]`, in row order.
     pub fn forward(&self, step: &BatchStep, cache: &SlotKvCache) -> Result<Tensor, ModelError> {
-        // On the CPU the pass runs on a worker of the thread pool, so each parallel matmul
-        // hands tasks to the other workers and starts on them itself. Called from outside the
-        // pool, every matmul (~120 per step) would instead put the caller to sleep until the
-        // pool is done and wake it again: measured, that round trip cost more than the
-        // matmul itself at K=1.
-        if self.device.is_cpu() && rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.forward_in_pool(step, cache));
+        // On the CPU the pass runs on a worker of the thread pool with the other workers
+        // spinning as its team (`team.rs`): each parallel region (~150-200 per token) starts
+        // on all threads at once, with no thread to wake.
+        if self.device.is_cpu() {
+            return super::team::with_team(|| self.forward_in_pool(step, cache));
         }
         self.forward_in_pool(step, cache)
     }

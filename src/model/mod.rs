@@ -14,6 +14,7 @@ mod kv_cache;
 mod linear;
 mod llama;
 pub mod synthetic;
+mod team;
 
 use std::path::PathBuf;
 

@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
-use rayon::prelude::*;
 
 use super::cpu_storage::contiguous;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, WeightBlock, QK};
@@ -231,7 +230,7 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<
     if rows * cols * total_out < PARALLEL_MIN_MACS {
         tasks.iter().for_each(run);
     } else {
-        tasks.par_iter().for_each(run);
+        super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
     y
 }
