@@ -5,6 +5,8 @@
 //! a row's attention is computed with the same shapes however its prompt was chunked into
 //! steps: batched and sequential runs give the same bits.
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
@@ -170,11 +172,15 @@ impl AttentionPlan {
                 pieces.push((start, out.narrow(0, i, 1)?));
             }
         }
-        for (block, mask) in &self.tensor_blocks {
-            pieces.push((
-                block.start,
-                self.tensor_block(layer, block, mask.as_ref(), q, cache)?,
-            ));
+        if self.use_cpu {
+            pieces.extend(self.cpu_blocks(layer, q, cache)?);
+        } else {
+            for (block, mask) in &self.tensor_blocks {
+                pieces.push((
+                    block.start,
+                    self.tensor_block(layer, block, mask.as_ref(), q, cache)?,
+                ));
+            }
         }
         pieces.sort_by_key(|(start, _)| *start);
         let mut tensors: Vec<Tensor> = pieces.into_iter().map(|(_, t)| t).collect();
@@ -219,9 +225,78 @@ impl AttentionPlan {
             .reshape((d, kvh * group * hd))
     }
 
-    /// One block's queries over its slot with tensor ops (gemm on the CPU, GPU kernels
-    /// elsewhere), grouped-query style: the query heads sharing a K/V head are stacked as rows,
-    /// so K/V are never repeated.
+    /// The prompt blocks on the CPU: one task of the thread team per (block, K/V head), each a
+    /// gemm, the causal softmax and a gemm; results `(first row, [rows, width])` per block.
+    fn cpu_blocks(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        cache: &SlotKvCache,
+    ) -> Result<Vec<(usize, Tensor)>> {
+        let (kvh, hd) = (self.n_kv_head, self.head_dim);
+        let group = self.n_head / kvh;
+        let tasks = self.tensor_blocks.len() * kvh;
+        let results: Vec<Mutex<Option<Result<Tensor>>>> =
+            (0..tasks).map(|_| Mutex::new(None)).collect();
+        super::team::for_each(tasks, |i| {
+            let (block, _) = &self.tensor_blocks[i / kvh];
+            let head = self.block_head(layer, block, i % kvh, q, cache);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+        });
+        let mut heads = results.into_iter().map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every task ran")
+        });
+        self.tensor_blocks
+            .iter()
+            .map(|(block, _)| {
+                let per_head = heads.by_ref().take(kvh).collect::<Result<Vec<_>>>()?;
+                // [kvh, n * group, hd] -> [n, kvh * group * hd]
+                let out = Tensor::stack(&per_head, 0)?
+                    .reshape((kvh, block.len, group, hd))?
+                    .permute((1, 0, 2, 3))?
+                    .contiguous()?
+                    .reshape((block.len, kvh * group * hd))?;
+                Ok((block.start, out))
+            })
+            .collect()
+    }
+
+    /// One block's query heads of K/V head `head` over its slot (CPU): `[n * group, hd]`.
+    fn block_head(
+        &self,
+        layer: usize,
+        block: &Segment,
+        head: usize,
+        q: &Tensor,
+        cache: &SlotKvCache,
+    ) -> Result<Tensor> {
+        let (n, kvh, hd) = (block.len, self.n_kv_head, self.head_dim);
+        let group = self.n_head / kvh;
+        let total = block.first_position + n;
+        let (k, v) = cache.slot_prefix(layer, block.slot, total)?;
+        let of_head = |t: &Tensor| -> Result<Tensor> {
+            t.narrow(1, head, 1)?.squeeze(1)?.to_dtype(DType::F32) // [total, hd]
+        };
+        let (k, v) = (of_head(&k)?, of_head(&v)?);
+        let q = q
+            .narrow(0, block.start, n)?
+            .reshape((n, kvh, group, hd))?
+            .narrow(1, head, 1)?
+            .contiguous()?
+            .reshape((n * group, hd))?;
+        let probs = q.matmul(&k.t()?)?.apply_op1_no_bwd(&CausalSoftmax {
+            scale: 1.0 / (hd as f32).sqrt(),
+            first_position: block.first_position,
+            group,
+        })?;
+        probs.matmul(&v)
+    }
+
+    /// One block's queries over its slot with tensor ops (GPU kernels, or the CPU when the
+    /// tensor path is forced), grouped-query style: the query heads sharing a K/V head are
+    /// stacked as rows, so K/V are never repeated.
     fn tensor_block(
         &self,
         layer: usize,
@@ -245,22 +320,12 @@ impl AttentionPlan {
         let k = k.permute((1, 2, 0))?; // [kvh, hd, total]
         let v = v.permute((1, 0, 2))?; // [kvh, total, hd]
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k)?;
-        let probs = if self.use_cpu {
-            scores.apply_op1_no_bwd(&CausalSoftmax {
-                scale: scale as f32,
-                first_position: block.first_position,
-                group,
-            })?
-        } else {
-            let scores = (scores * scale)?;
-            let scores = match mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            softmax_last_dim(&scores)?
+        let scores = (q.matmul(&k)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
         };
-        probs
+        softmax_last_dim(&scores)?
             .matmul(&v.contiguous()?)?
             .reshape((kvh, n, group, hd))?
             .permute((1, 0, 2, 3))?

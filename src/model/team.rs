@@ -36,6 +36,8 @@ struct Team {
 thread_local! {
     /// The team this thread leads, while it runs a forward pass.
     static LEADING: Cell<Option<*const Team>> = const { Cell::new(None) };
+    /// This thread is running a task of a region: a parallel region inside it runs inline.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `op` (a forward pass) with the pool's other workers spinning as its team: calls of
@@ -68,8 +70,13 @@ pub fn with_team<R: Send>(op: impl FnOnce() -> R + Send) -> R {
 }
 
 /// `f(i)` for every `i` in `0..n`, in parallel: on the team when this thread leads one,
-/// else on the rayon pool. Returns when all are done.
+/// else on the rayon pool; inline when called from inside a task (the team is busy with the
+/// region that task belongs to). Returns when all are done.
 pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
+    if IN_TASK.get() {
+        (0..n).for_each(f);
+        return;
+    }
     let Some(team) = LEADING.get() else {
         (0..n).into_par_iter().for_each(&f);
         return;
@@ -140,7 +147,10 @@ fn run_tasks(
             .compare_exchange_weak(claim, claim + 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(index))) {
+            IN_TASK.set(true);
+            let result = catch_unwind(AssertUnwindSafe(|| f(index)));
+            IN_TASK.set(false);
+            if let Err(p) = result {
                 panic.get_or_insert(p);
             }
             team.done.fetch_add(1, Ordering::Release);
@@ -168,6 +178,19 @@ mod tests {
             let want = 50 * [1, 2, 7, 1000].iter().filter(|&&n| i < n).count();
             assert_eq!(c.load(Ordering::Relaxed), want, "task {i}");
         }
+    }
+
+    #[test]
+    fn a_region_inside_a_task_runs_inline() {
+        let total = AtomicUsize::new(0);
+        with_team(|| {
+            for_each(16, |_| {
+                for_each(10, |j| {
+                    total.fetch_add(j, Ordering::Relaxed);
+                })
+            })
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 16 * 45);
     }
 
     #[test]
