@@ -2,7 +2,8 @@
 //! tokenizer and a ChatML template: for speed checks where the real weights cannot travel
 //! (the GPU machine) — speed does not depend on the values.
 //!
-//! cargo run --release --example gen_model -- OUT.gguf [tiny|135m|1b] [q4_0|q4_1|q8_0]
+//! cargo run --release --example gen_model -- OUT.gguf [tiny|135m|1b] [q4_0|q4_1|q8_0|q4_k|q5_k|q6_k]
+//! (the K-quants need the 1b shape: every dimension a multiple of 256)
 
 use candle_core::quantized::GgmlDType;
 use docanalyze::model::synthetic::{write_synthetic_gguf, SyntheticSpec, BASE_VOCAB};
@@ -17,7 +18,10 @@ fn main() -> anyhow::Result<()> {
         "q4_0" => GgmlDType::Q4_0,
         "q4_1" => GgmlDType::Q4_1,
         "q8_0" => GgmlDType::Q8_0,
-        other => anyhow::bail!("unknown dtype {other} (q4_0, q4_1, q8_0)"),
+        "q4_k" => GgmlDType::Q4K,
+        "q5_k" => GgmlDType::Q5K,
+        "q6_k" => GgmlDType::Q6K,
+        other => anyhow::bail!("unknown dtype {other} (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k)"),
     };
     let base = SyntheticSpec {
         dtype,

@@ -8,7 +8,7 @@ use super::cpu_matmul::{CpuQMatMul, CpuQMatMulGroup};
 /// Which matmul serves a weight.
 #[derive(Debug, Clone)]
 enum Backend {
-    /// The project's batched CPU kernel (Q4_0, Q4_1, Q8_0).
+    /// The project's batched CPU kernel (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K).
     Cpu(CpuQMatMul),
     /// candle's `QMatMul`: other types, and GPUs.
     Candle(QMatMul),

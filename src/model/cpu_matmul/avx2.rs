@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5, BlockQ6, BlockQ8_0};
 
 /// Weight types with an AVX2 dequantization.
 #[cfg(target_arch = "x86_64")]
@@ -23,7 +23,15 @@ pub trait Avx2Block: super::blocks::WeightBlock {
     /// The CPU must support AVX2 and FMA.
     unsafe fn ints_avx2(&self) -> (__m256i, __m256i);
 
+    /// The scale of weights 0..16, and of all 32 unless [`Self::SPLIT_SCALE`].
     fn scale(&self) -> f32;
+
+    /// Whether weights 16..32 have a scale of their own (Q6_K), [`Self::scale_hi`].
+    const SPLIT_SCALE: bool = false;
+
+    fn scale_hi(&self) -> f32 {
+        self.scale()
+    }
 
     /// Whether the type has an offset (Q4_1's `m`); when false `offset()` is 0.
     const HAS_OFFSET: bool = false;
@@ -146,6 +154,89 @@ impl Avx2Block for BlockQ8_0 {
 
     fn scale(&self) -> f32 {
         self.d
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Block for BlockQ5 {
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
+        let (d, m) = (_mm256_set1_ps(self.d), _mm256_set1_ps(self.m));
+        let p = self.qs.as_ptr();
+        macro_rules! f32x8 {
+            ($i:expr) => {
+                _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        p.add($i) as *const __m128i
+                    ))),
+                    d,
+                    m,
+                )
+            };
+        }
+        [f32x8!(0), f32x8!(8), f32x8!(16), f32x8!(24)]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
+        let p = self.qs.as_ptr() as *const __m128i;
+        (
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(p)),
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(1))),
+        )
+    }
+
+    fn scale(&self) -> f32 {
+        self.d
+    }
+
+    const HAS_OFFSET: bool = true;
+
+    fn offset(&self) -> f32 {
+        self.m
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Block for BlockQ6 {
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
+        let (lo, hi) = (_mm256_set1_ps(self.d[0]), _mm256_set1_ps(self.d[1]));
+        let p = self.qs.as_ptr();
+        macro_rules! f32x8 {
+            ($i:expr, $d:expr) => {
+                _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        p.add($i) as *const __m128i
+                    ))),
+                    $d,
+                )
+            };
+        }
+        [f32x8!(0, lo), f32x8!(8, lo), f32x8!(16, hi), f32x8!(24, hi)]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
+        let p = self.qs.as_ptr() as *const __m128i;
+        (
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
+        )
+    }
+
+    fn scale(&self) -> f32 {
+        self.d[0]
+    }
+
+    const SPLIT_SCALE: bool = true;
+
+    fn scale_hi(&self) -> f32 {
+        self.d[1]
     }
 }
 

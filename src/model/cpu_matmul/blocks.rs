@@ -1,4 +1,6 @@
-//! GGUF weight blocks (Q4_0, Q4_1, Q8_0), decoded from their file bytes once at load time.
+//! Weight blocks of 32, decoded from GGUF bytes once at load time: Q4_0, Q4_1 and Q8_0 as they
+//! are, and the 256-weight super-blocks of Q4_K, Q5_K and Q6_K split exactly into blocks of 32
+//! (a Q4_K sub-block is a Q4_1 block with its scale and min multiplied out).
 
 use half::f16;
 
@@ -7,12 +9,19 @@ pub const QK: usize = 32;
 
 /// A weight block.
 pub trait WeightBlock: Copy + Send + Sync + 'static {
-    /// Bytes of one block in the GGUF file.
-    const BYTES: usize;
-    fn read(bytes: &[u8]) -> Self;
     /// The 32 weights as f32, `w[i]` = weight `i` of the block (the portable path).
     fn dequantize(&self) -> [f32; QK];
 }
+
+/// A block stored as such in GGUF files.
+pub trait FileBlock: WeightBlock {
+    /// Bytes of one block in the GGUF file.
+    const BYTES: usize;
+    fn read(bytes: &[u8]) -> Self;
+}
+
+/// Weights per K-quant super-block.
+pub const QK_K: usize = 256;
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
@@ -50,6 +59,12 @@ fn nibbles(qs: &[u8; 16], f: impl Fn(f32) -> f32) -> [f32; QK] {
 }
 
 impl WeightBlock for BlockQ4_0 {
+    fn dequantize(&self) -> [f32; QK] {
+        nibbles(&self.qs, |q| (q - 8.0) * self.d)
+    }
+}
+
+impl FileBlock for BlockQ4_0 {
     const BYTES: usize = 18;
     fn read(b: &[u8]) -> Self {
         let mut qs = [0u8; 16];
@@ -59,12 +74,15 @@ impl WeightBlock for BlockQ4_0 {
             qs,
         }
     }
-    fn dequantize(&self) -> [f32; QK] {
-        nibbles(&self.qs, |q| (q - 8.0) * self.d)
-    }
 }
 
 impl WeightBlock for BlockQ4_1 {
+    fn dequantize(&self) -> [f32; QK] {
+        nibbles(&self.qs, |q| q.mul_add(self.d, self.m))
+    }
+}
+
+impl FileBlock for BlockQ4_1 {
     const BYTES: usize = 20;
     fn read(b: &[u8]) -> Self {
         let mut qs = [0u8; 16];
@@ -75,12 +93,15 @@ impl WeightBlock for BlockQ4_1 {
             qs,
         }
     }
-    fn dequantize(&self) -> [f32; QK] {
-        nibbles(&self.qs, |q| q.mul_add(self.d, self.m))
-    }
 }
 
 impl WeightBlock for BlockQ8_0 {
+    fn dequantize(&self) -> [f32; QK] {
+        self.qs.map(|q| f32::from(q) * self.d)
+    }
+}
+
+impl FileBlock for BlockQ8_0 {
     const BYTES: usize = 34;
     fn read(b: &[u8]) -> Self {
         let mut qs = [0i8; QK];
@@ -92,7 +113,122 @@ impl WeightBlock for BlockQ8_0 {
             qs,
         }
     }
+}
+
+/// `w = d * q + m`, q in 0..32 (Q5_K sub-blocks), one byte per weight.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockQ5 {
+    pub d: f32,
+    pub m: f32,
+    pub qs: [u8; QK],
+}
+
+impl WeightBlock for BlockQ5 {
     fn dequantize(&self) -> [f32; QK] {
-        self.qs.map(|q| f32::from(q) * self.d)
+        self.qs.map(|q| f32::from(q).mul_add(self.d, self.m))
     }
+}
+
+/// `w = d[i / 16] * q`, q in -32..32 (Q6_K: one scale per 16 weights).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockQ6 {
+    pub d: [f32; 2],
+    pub qs: [i8; QK],
+}
+
+impl WeightBlock for BlockQ6 {
+    fn dequantize(&self) -> [f32; QK] {
+        let mut w = [0f32; QK];
+        for (i, (w, &q)) in w.iter_mut().zip(&self.qs).enumerate() {
+            *w = f32::from(q) * self.d[i / 16];
+        }
+        w
+    }
+}
+
+/// Sub-block `j`'s 6-bit scale and min from a Q4_K/Q5_K super-block's 12 scale bytes
+/// (ggml's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Bytes of a Q4_K, Q5_K and Q6_K super-block.
+pub const Q4_K_BYTES: usize = 144;
+pub const Q5_K_BYTES: usize = 176;
+pub const Q6_K_BYTES: usize = 210;
+
+/// A Q4_K super-block (`d, dmin: f16; scales: [u8; 12]; qs: [u8; 128]`) as 8 Q4_1 blocks:
+/// sub-block `j` is `d·sc_j · q − dmin·m_j`.
+pub fn q4_k_blocks(b: &[u8]) -> [BlockQ4_1; 8] {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    std::array::from_fn(|j| {
+        let (sc, m) = scale_min_k4(j, scales);
+        // Sub-blocks 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+32.
+        let src = &qs[j / 2 * 32..j / 2 * 32 + 32];
+        let q = |l: usize| {
+            if j % 2 == 0 {
+                src[l] & 0x0F
+            } else {
+                src[l] >> 4
+            }
+        };
+        BlockQ4_1 {
+            d: d * f32::from(sc),
+            m: -(dmin * f32::from(m)),
+            qs: std::array::from_fn(|l| q(l) | (q(l + 16) << 4)),
+        }
+    })
+}
+
+/// A Q5_K super-block (`d, dmin: f16; scales: [u8; 12]; qh: [u8; 32]; qs: [u8; 128]`) as 8
+/// blocks: sub-block `j` is `d·sc_j · q − dmin·m_j` with 5-bit `q`.
+pub fn q5_k_blocks(b: &[u8]) -> [BlockQ5; 8] {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    std::array::from_fn(|j| {
+        let (sc, m) = scale_min_k4(j, scales);
+        let src = &qs[j / 2 * 32..j / 2 * 32 + 32];
+        BlockQ5 {
+            d: d * f32::from(sc),
+            m: -(dmin * f32::from(m)),
+            qs: std::array::from_fn(|l| {
+                let low = if j % 2 == 0 {
+                    src[l] & 0x0F
+                } else {
+                    src[l] >> 4
+                };
+                low | (((qh[l] >> j) & 1) << 4)
+            }),
+        }
+    })
+}
+
+/// A Q6_K super-block (`ql: [u8; 128]; qh: [u8; 64]; scales: [i8; 16]; d: f16`) as 8 blocks:
+/// weight `i` is `d·sc[i / 16] · (q − 32)` with 6-bit `q`.
+pub fn q6_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
+    let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = f16_at(b, 208);
+    // Weight i of the super-block: half h = i / 128, then quarter k = (i % 128) / 32 and l.
+    let q = |i: usize| -> i8 {
+        let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
+        let low = ql[h * 64 + (k % 2) * 32 + l];
+        let low = if k < 2 { low & 0x0F } else { low >> 4 };
+        let high = (qh[h * 32 + l] >> (2 * k)) & 3;
+        (low | (high << 4)) as i8 - 32
+    };
+    std::array::from_fn(|j| BlockQ6 {
+        d: [
+            d * f32::from(scales[2 * j] as i8),
+            d * f32::from(scales[2 * j + 1] as i8),
+        ],
+        qs: std::array::from_fn(|l| q(j * QK + l)),
+    })
 }

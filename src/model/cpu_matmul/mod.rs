@@ -34,7 +34,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::cpu_storage::contiguous;
-use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, WeightBlock, QK};
+use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5, BlockQ6, BlockQ8_0, FileBlock, WeightBlock, QK, QK_K};
 
 pub use avx2::available as avx2_available;
 #[cfg(target_arch = "x86_64")]
@@ -60,8 +60,13 @@ impl<B: WeightBlock> Kernel for B {}
 #[derive(Debug)]
 enum Packed {
     Q4_0(Vec<BlockQ4_0>),
+    /// Q4_1, and Q4_K split into Q4_1 blocks.
     Q4_1(Vec<BlockQ4_1>),
     Q8_0(Vec<BlockQ8_0>),
+    /// Q5_K split into blocks of 32.
+    Q5(Vec<BlockQ5>),
+    /// Q6_K split into blocks of 32.
+    Q6(Vec<BlockQ6>),
 }
 
 /// A quantized weight matrix `[out_features, in_features]` in decoded block form.
@@ -72,8 +77,13 @@ pub struct CpuQMatMul {
     in_features: usize,
 }
 
-fn decode<B: WeightBlock>(bytes: &[u8]) -> Vec<B> {
+fn decode<B: FileBlock>(bytes: &[u8]) -> Vec<B> {
     bytes.chunks_exact(B::BYTES).map(B::read).collect()
+}
+
+/// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`.
+fn decode_k<B: WeightBlock>(bytes: &[u8], size: usize, split: fn(&[u8]) -> [B; 8]) -> Vec<B> {
+    bytes.chunks_exact(size).flat_map(split).collect()
 }
 
 impl CpuQMatMul {
@@ -84,10 +94,19 @@ impl CpuQMatMul {
             return Ok(None);
         }
         let data = qt.data()?;
+        let k_quant = matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
+        if k_quant && in_features % QK_K != 0 {
+            return Ok(None);
+        }
         let packed = match qt.dtype() {
             GgmlDType::Q4_0 => Packed::Q4_0(decode(&data)),
             GgmlDType::Q4_1 => Packed::Q4_1(decode(&data)),
             GgmlDType::Q8_0 => Packed::Q8_0(decode(&data)),
+            GgmlDType::Q4K => {
+                Packed::Q4_1(decode_k(&data, blocks::Q4_K_BYTES, blocks::q4_k_blocks))
+            }
+            GgmlDType::Q5K => Packed::Q5(decode_k(&data, blocks::Q5_K_BYTES, blocks::q5_k_blocks)),
+            GgmlDType::Q6K => Packed::Q6(decode_k(&data, blocks::Q6_K_BYTES, blocks::q6_k_blocks)),
             _ => return Ok(None),
         };
         Ok(Some(Self {
@@ -124,6 +143,8 @@ impl CpuQMatMul {
             Packed::Q4_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
             Packed::Q4_1(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
             Packed::Q8_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q5(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q6(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
         }
     }
 
@@ -284,6 +305,8 @@ fn compute_tile<B: Kernel>(
         tiles!(1 2 3 4);
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x16;
     let nb = cols / QK;
     for (o, w_row) in w_rows.chunks_exact(nb).enumerate() {
         for (i, x_row) in x.chunks_exact(cols).enumerate() {
@@ -356,7 +379,55 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    const TYPES: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
+    const TYPES: [GgmlDType; 6] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+
+    /// Odd output sizes; inputs a multiple of 32, or of 256 for the K-quants.
+    fn shapes(dtype: GgmlDType) -> [(usize, usize); 3] {
+        if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
+            [(7, 256), (37, 512), (65, 768)]
+        } else {
+            [(7, 32), (37, 96), (65, 160)]
+        }
+    }
+
+    /// Each K-quant super-block splits into blocks of 32 that dequantize to candle's weights.
+    #[test]
+    fn k_quant_blocks_dequantize_like_candle() {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            let w = Tensor::from_vec(random(9 * 512, 11), (9, 512), &dev).unwrap();
+            let qw = QTensor::quantize(&w, dtype).unwrap();
+            let want: Vec<f32> = qw
+                .dequantize(&dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
+            let got: Vec<f32> = match &*k.packed {
+                Packed::Q4_1(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+                Packed::Q5(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+                Packed::Q6(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+                other => panic!("{dtype:?} packed as {other:?}"),
+            };
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // ggml computes d·q − m with a separate multiply; ours is one FMA.
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                    "{dtype:?} weight {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
 
     /// Every type against a dequantize-then-f64 reference, for odd sizes and batch 1..=17,
     /// half of each batch decode rows and half prompt rows (both kernels), within the
@@ -365,7 +436,7 @@ mod tests {
     fn matches_dequantized_reference() {
         let dev = Device::Cpu;
         for dtype in TYPES {
-            for (out, inp) in [(7usize, 32usize), (37, 96), (65, 160)] {
+            for (out, inp) in shapes(dtype) {
                 let w = Tensor::from_vec(random(out * inp, 1), (out, inp), &dev).unwrap();
                 let qw = QTensor::quantize(&w, dtype).unwrap();
                 let wd: Vec<f32> = qw
@@ -414,7 +485,7 @@ mod tests {
     #[test]
     fn rows_do_not_depend_on_their_batch() {
         let dev = Device::Cpu;
-        let (out, inp) = (40, 128);
+        let (out, inp) = (40, 256);
         for dtype in TYPES {
             let w = Tensor::from_vec(random(out * inp, 5), (out, inp), &dev).unwrap();
             let k = CpuQMatMul::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
