@@ -1,5 +1,6 @@
-//! AVX2/FMA access to weight blocks: dequantized to f32 (for the prompt-row GEMM's panels) or
-//! unpacked to 16-bit integers (for the decode-row kernel, [`super::decode`]).
+//! AVX2/FMA access to weight blocks: each type unpacks its integer weights to 16-bit lanes (for
+//! the decode-row kernel, [`super::decode`]), and f32 weights for the prompt-row GEMM's panels
+//! come from those lanes (Q4_0 and Q4_1 go straight from their nibbles, which is faster).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -7,14 +8,18 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5, BlockQ6, BlockQ8_0};
 
-/// Weight types with an AVX2 dequantization.
+/// Weight types the AVX2 kernels read: integer weights, a scale (or two) and an offset.
 #[cfg(target_arch = "x86_64")]
 pub trait Avx2Block: super::blocks::WeightBlock {
-    /// The block's 32 weights as f32: weights 0..8, 8..16, 16..24, 24..32.
+    /// The block's 32 weights as f32: weights 0..8, 8..16, 16..24, 24..32. For the prompt-row
+    /// GEMM's panels; the default goes through [`Self::ints_avx2`].
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
-    unsafe fn dequantize_avx2(&self) -> [__m256; 4];
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
+        dequantize_ints(self)
+    }
 
     /// The block's 32 integer weights as 16-bit lanes (weights 0..16, 16..32); the weights are
     /// `scale() * int + offset()`.
@@ -53,6 +58,47 @@ unsafe fn nibbles_i16(qs: &[u8; 16]) -> (__m256i, __m256i) {
     )
 }
 
+/// 32 signed bytes as 16-bit lanes: bytes 0..16, then 16..32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn signed_bytes_i16(qs: &[i8; 32]) -> (__m256i, __m256i) {
+    let p = qs.as_ptr() as *const __m128i;
+    (
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
+    )
+}
+
+/// The block's 32 weights as f32 from its 16-bit integers (`scale · int + offset`, one FMA
+/// each): weights 0..8, 8..16, 16..24, 24..32.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dequantize_ints<B: Avx2Block>(block: &B) -> [__m256; 4] {
+    let (lo, hi) = block.ints_avx2();
+    let (d_lo, d_hi) = (
+        _mm256_set1_ps(block.scale()),
+        _mm256_set1_ps(block.scale_hi()),
+    );
+    let m = _mm256_set1_ps(block.offset());
+    // (no closures here: they would not inherit the target features)
+    macro_rules! f32x8 {
+        ($ints:expr, $d:expr) => {
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32($ints)), $d, m)
+        };
+    }
+    [
+        f32x8!(_mm256_castsi256_si128(lo), d_lo),
+        f32x8!(_mm256_extracti128_si256::<1>(lo), d_lo),
+        f32x8!(_mm256_castsi256_si128(hi), d_hi),
+        f32x8!(_mm256_extracti128_si256::<1>(hi), d_hi),
+    ]
+}
+
 /// 16 bytes of nibbles as four vectors of eight f32 `q * d + m` (low nibbles first).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -77,6 +123,7 @@ unsafe fn nibbles_f32(qs: &[u8; 16], d: __m256, m: __m256) -> [__m256; 4] {
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Block for BlockQ4_0 {
+    /// (straight from the nibbles: measured ~10% faster panels than through 16-bit lanes)
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
@@ -99,6 +146,7 @@ impl Avx2Block for BlockQ4_0 {
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Block for BlockQ4_1 {
+    /// (straight from the nibbles, as Q4_0)
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
@@ -126,30 +174,8 @@ impl Avx2Block for BlockQ4_1 {
 impl Avx2Block for BlockQ8_0 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
-        let d = _mm256_set1_ps(self.d);
-        let p = self.qs.as_ptr();
-        macro_rules! f32x8 {
-            ($i:expr) => {
-                _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        p.add($i) as *const __m128i
-                    ))),
-                    d,
-                )
-            };
-        }
-        [f32x8!(0), f32x8!(8), f32x8!(16), f32x8!(24)]
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
     unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
-        let p = self.qs.as_ptr() as *const __m128i;
-        (
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
-        )
+        signed_bytes_i16(&self.qs)
     }
 
     fn scale(&self) -> f32 {
@@ -159,25 +185,6 @@ impl Avx2Block for BlockQ8_0 {
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Block for BlockQ5 {
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
-        let (d, m) = (_mm256_set1_ps(self.d), _mm256_set1_ps(self.m));
-        let p = self.qs.as_ptr();
-        macro_rules! f32x8 {
-            ($i:expr) => {
-                _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        p.add($i) as *const __m128i
-                    ))),
-                    d,
-                    m,
-                )
-            };
-        }
-        [f32x8!(0), f32x8!(8), f32x8!(16), f32x8!(24)]
-    }
-
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
@@ -203,30 +210,8 @@ impl Avx2Block for BlockQ5 {
 impl Avx2Block for BlockQ6 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn dequantize_avx2(&self) -> [__m256; 4] {
-        let (lo, hi) = (_mm256_set1_ps(self.d[0]), _mm256_set1_ps(self.d[1]));
-        let p = self.qs.as_ptr();
-        macro_rules! f32x8 {
-            ($i:expr, $d:expr) => {
-                _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        p.add($i) as *const __m128i
-                    ))),
-                    $d,
-                )
-            };
-        }
-        [f32x8!(0, lo), f32x8!(8, lo), f32x8!(16, hi), f32x8!(24, hi)]
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
     unsafe fn ints_avx2(&self) -> (__m256i, __m256i) {
-        let p = self.qs.as_ptr() as *const __m128i;
-        (
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
-        )
+        signed_bytes_i16(&self.qs)
     }
 
     fn scale(&self) -> f32 {

@@ -397,6 +397,53 @@ mod tests {
         }
     }
 
+    /// candle's f32 weights of a quantized matrix, row by row.
+    fn candle_weights(qw: &QTensor) -> Vec<f32> {
+        let w = qw.dequantize(&Device::Cpu).unwrap();
+        w.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The blocks of every type, as the kernel holds them.
+    fn packed_blocks(dtype: GgmlDType) -> CpuQMatMul {
+        let (out, inp) = shapes(dtype)[1];
+        let w = Tensor::from_vec(random(out * inp, 12), (out, inp), &Device::Cpu).unwrap();
+        let qw = QTensor::quantize(&w, dtype).unwrap();
+        CpuQMatMul::from_qtensor(&qw).unwrap().unwrap()
+    }
+
+    /// The AVX2 dequantization (prompt-row panels) gives the portable one's values exactly (a
+    /// zero may differ in sign: `(q - 8) · d` is -0 for a negative `d`, the FMA +0).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_dequantize_equals_the_portable_one() {
+        if !avx2_available() {
+            return;
+        }
+        fn check<B: Kernel>(blocks: &[B], dtype: GgmlDType) {
+            for (i, b) in blocks.iter().enumerate() {
+                // SAFETY: AVX2 and FMA were detected above.
+                let lanes = unsafe { b.dequantize_avx2() };
+                let mut got = [0f32; QK];
+                for (chunk, v) in got.chunks_exact_mut(8).zip(lanes) {
+                    // SAFETY: 8 floats.
+                    unsafe { std::arch::x86_64::_mm256_storeu_ps(chunk.as_mut_ptr(), v) };
+                }
+                let want = b.dequantize();
+                let same = got.iter().zip(&want).all(|(g, w)| g == w);
+                assert!(same, "{dtype:?} block {i}: {got:?} vs {want:?}");
+            }
+        }
+        for dtype in TYPES {
+            match &*packed_blocks(dtype).packed {
+                Packed::Q4_0(b) => check(b, dtype),
+                Packed::Q4_1(b) => check(b, dtype),
+                Packed::Q8_0(b) => check(b, dtype),
+                Packed::Q5(b) => check(b, dtype),
+                Packed::Q6(b) => check(b, dtype),
+            }
+        }
+    }
+
     /// Each K-quant super-block splits into blocks of 32 that dequantize to candle's weights.
     #[test]
     fn k_quant_blocks_dequantize_like_candle() {
@@ -404,13 +451,7 @@ mod tests {
         for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             let w = Tensor::from_vec(random(9 * 512, 11), (9, 512), &dev).unwrap();
             let qw = QTensor::quantize(&w, dtype).unwrap();
-            let want: Vec<f32> = qw
-                .dequantize(&dev)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let want = candle_weights(&qw);
             let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
             let got: Vec<f32> = match &*k.packed {
                 Packed::Q4_1(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
@@ -439,13 +480,7 @@ mod tests {
             for (out, inp) in shapes(dtype) {
                 let w = Tensor::from_vec(random(out * inp, 1), (out, inp), &dev).unwrap();
                 let qw = QTensor::quantize(&w, dtype).unwrap();
-                let wd: Vec<f32> = qw
-                    .dequantize(&dev)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let wd = candle_weights(&qw);
                 let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
                 for rows in 1..=17 {
                     let x = random(rows * inp, 2 + rows as u64);
