@@ -37,27 +37,14 @@ impl CustomOp1 for CausalSoftmax {
         }
         let mut out = scores.to_vec();
         let n_rows = out.len() / total;
-        let out_ptr = SharedRows(out.as_mut_ptr());
+        let out_ptr = super::team::SharedOut(out.as_mut_ptr());
         super::team::for_each(n_rows, |r| {
             let visible = self.first_position + (r % rows) / self.group + 1;
             // SAFETY: task r alone writes row r, inside `out`.
-            let row = unsafe { out_ptr.row(r, total) };
+            let row = unsafe { out_ptr.slice(r * total, total) };
             softmax_row(row, visible, self.scale);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-}
-
-/// The scores, shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct SharedRows(*mut f32);
-unsafe impl Send for SharedRows {}
-unsafe impl Sync for SharedRows {}
-impl SharedRows {
-    /// # Safety
-    /// Row `r` in bounds, and no other task uses it.
-    unsafe fn row<'a>(self, r: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(r * len), len)
     }
 }
 

@@ -35,19 +35,6 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The output buffer, shared by tasks that write disjoint parts.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    /// # Safety
-    /// `i` in bounds, and no other task writes there.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-}
-
 /// Where one head's keys and values are: row `j` of the head starts at `offset + j * stride`.
 struct HeadView<'a> {
     keys: &'a [f16],
@@ -85,7 +72,7 @@ impl CustomOp3 for CpuAttention {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; rows * width];
         let chunk = group * hd;
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = super::team::SharedOut(out.as_mut_ptr());
         // One task per (row, K/V head): the query heads of its group side by side.
         super::team::for_each(rows * self.n_kv_head, |i| {
             let row = self.rows[i / self.n_kv_head];
@@ -98,7 +85,7 @@ impl CustomOp3 for CpuAttention {
                 visible: row.position + 1,
             };
             // SAFETY: task i alone writes out[i * chunk..(i + 1) * chunk], inside `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * chunk), chunk) };
+            let o = unsafe { out_ptr.slice(i * chunk, chunk) };
             SCORES.with_borrow_mut(|scores| {
                 attend_group(&q[i * chunk..(i + 1) * chunk], hd, &view, scale, scores, o)
             });

@@ -108,6 +108,29 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     }
 }
 
+/// An output buffer shared by the tasks of a region, each writing elements no other task
+/// writes.
+#[derive(Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` in bounds, and no other task writes element `i`.
+    pub unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+
+    /// Elements `start..start + len` as a slice.
+    ///
+    /// # Safety
+    /// In bounds, and no other task uses them while the slice lives.
+    pub unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
 /// A helper: spins until the pass is over, joining every region as it is published.
 fn help(team: &Team) {
     let mut seen = 0u32;

@@ -34,6 +34,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::cpu_storage::contiguous;
+use super::team::SharedOut;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5, BlockQ6, BlockQ8_0, FileBlock, WeightBlock, QK, QK_K};
 
 pub use avx2::available as avx2_available;
@@ -265,19 +266,6 @@ fn quantize_decode_rows(x: &[f32], cols: usize) -> Option<Rows16> {
     }
     let _ = (x, cols);
     None
-}
-
-/// The output buffer, shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    /// # Safety
-    /// `i` in bounds, and no other task writes element `i`.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
 }
 
 /// `out[o * t + i] = x row i · weight row o`, for `t` rows of `cols` activations; `x16`: the
