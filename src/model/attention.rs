@@ -233,8 +233,7 @@ impl AttentionPlan {
         q: &Tensor,
         cache: &SlotKvCache,
     ) -> Result<Vec<(usize, Tensor)>> {
-        let (kvh, hd) = (self.n_kv_head, self.head_dim);
-        let group = self.n_head / kvh;
+        let kvh = self.n_kv_head;
         let tasks = self.tensor_blocks.len() * kvh;
         let results: Vec<Mutex<Option<Result<Tensor>>>> =
             (0..tasks).map(|_| Mutex::new(None)).collect();
@@ -252,12 +251,7 @@ impl AttentionPlan {
             .iter()
             .map(|(block, _)| {
                 let per_head = heads.by_ref().take(kvh).collect::<Result<Vec<_>>>()?;
-                // [kvh, n * group, hd] -> [n, kvh * group * hd]
-                let out = Tensor::stack(&per_head, 0)?
-                    .reshape((kvh, block.len, group, hd))?
-                    .permute((1, 0, 2, 3))?
-                    .contiguous()?
-                    .reshape((block.len, kvh * group * hd))?;
+                let out = self.heads_to_rows(&Tensor::stack(&per_head, 0)?, block.len)?;
                 Ok((block.start, out))
             })
             .collect()
@@ -325,9 +319,15 @@ impl AttentionPlan {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        softmax_last_dim(&scores)?
-            .matmul(&v.contiguous()?)?
-            .reshape((kvh, n, group, hd))?
+        let out = softmax_last_dim(&scores)?.matmul(&v.contiguous()?)?;
+        self.heads_to_rows(&out, n)
+    }
+
+    /// A block's attention output by K/V head, `[kvh, n * group, hd]`, as rows `[n, width]`.
+    fn heads_to_rows(&self, t: &Tensor, n: usize) -> Result<Tensor> {
+        let (kvh, hd) = (self.n_kv_head, self.head_dim);
+        let group = self.n_head / kvh;
+        t.reshape((kvh, n, group, hd))?
             .permute((1, 0, 2, 3))?
             .contiguous()?
             .reshape((n, kvh * group * hd))
