@@ -7,14 +7,13 @@ use half::f16;
 /// Weights per block, for every type handled here.
 pub const QK: usize = 32;
 
-/// A weight block.
-pub trait WeightBlock: Copy + Send + Sync + 'static {
-    /// The 32 weights as f32, `w[i]` = weight `i` of the block (the portable path).
-    fn dequantize(&self) -> [f32; QK];
+/// A weight block as integers: weight `k` is `d[k / 16] · q[k] + m`.
+pub trait IntBlock: Copy {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32);
 }
 
 /// A block stored as such in GGUF files.
-pub trait FileBlock: WeightBlock {
+pub trait FileBlock: IntBlock {
     /// Bytes of one block in the GGUF file.
     const BYTES: usize;
     fn read(bytes: &[u8]) -> Self;
@@ -49,18 +48,20 @@ pub struct BlockQ8_0 {
     pub qs: [i8; QK],
 }
 
-fn nibbles(qs: &[u8; 16], f: impl Fn(f32) -> f32) -> [f32; QK] {
-    let mut w = [0f32; QK];
-    for j in 0..16 {
-        w[j] = f(f32::from(qs[j] & 0x0F));
-        w[j + 16] = f(f32::from(qs[j] >> 4));
-    }
-    w
+/// Weight `k` of a Q4 block's nibbles: low nibbles are weights 0..16, high ones 16..32.
+fn nibble(qs: &[u8; 16], k: usize) -> i32 {
+    i32::from(if k < 16 {
+        qs[k] & 0x0F
+    } else {
+        qs[k - 16] >> 4
+    })
 }
 
-impl WeightBlock for BlockQ4_0 {
-    fn dequantize(&self) -> [f32; QK] {
-        nibbles(&self.qs, |q| (q - 8.0) * self.d)
+impl IntBlock for BlockQ4_0 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        // d · q − 8d is exactly d · (q − 8): both products are exact in f32.
+        let q = std::array::from_fn(|k| nibble(&self.qs, k));
+        (q, [self.d; 2], -8.0 * self.d)
     }
 }
 
@@ -76,9 +77,10 @@ impl FileBlock for BlockQ4_0 {
     }
 }
 
-impl WeightBlock for BlockQ4_1 {
-    fn dequantize(&self) -> [f32; QK] {
-        nibbles(&self.qs, |q| q.mul_add(self.d, self.m))
+impl IntBlock for BlockQ4_1 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        let q = std::array::from_fn(|k| nibble(&self.qs, k));
+        (q, [self.d; 2], self.m)
     }
 }
 
@@ -95,9 +97,9 @@ impl FileBlock for BlockQ4_1 {
     }
 }
 
-impl WeightBlock for BlockQ8_0 {
-    fn dequantize(&self) -> [f32; QK] {
-        self.qs.map(|q| f32::from(q) * self.d)
+impl IntBlock for BlockQ8_0 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        (self.qs.map(i32::from), [self.d; 2], 0.0)
     }
 }
 
@@ -123,9 +125,9 @@ pub struct BlockQ5 {
     pub qs: [u8; QK],
 }
 
-impl WeightBlock for BlockQ5 {
-    fn dequantize(&self) -> [f32; QK] {
-        self.qs.map(|q| f32::from(q).mul_add(self.d, self.m))
+impl IntBlock for BlockQ5 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        (self.qs.map(i32::from), [self.d; 2], self.m)
     }
 }
 
@@ -136,13 +138,9 @@ pub struct BlockQ6 {
     pub qs: [i8; QK],
 }
 
-impl WeightBlock for BlockQ6 {
-    fn dequantize(&self) -> [f32; QK] {
-        let mut w = [0f32; QK];
-        for (i, (w, &q)) in w.iter_mut().zip(&self.qs).enumerate() {
-            *w = f32::from(q) * self.d[i / 16];
-        }
-        w
+impl IntBlock for BlockQ6 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        (self.qs.map(i32::from), self.d, 0.0)
     }
 }
 

@@ -1,17 +1,21 @@
 //! Decode rows with AVX2: activations quantized to 16-bit integers per block of 32, weights
-//! unpacked to 16-bit integers once per block, and `pmaddwd` for the products.
+//! read eight rows at a time from their groups ([`super::groups`]), and `pmaddwd` for the
+//! products.
 //!
-//! Unpacking a 4-bit block to 16-bit integers takes three instructions where unpacking it to
-//! f32 takes about fifteen, and only one FMA per block and row waits on the previous one, so
-//! a single row (K=1 decode) runs about 1.5 times as fast as with f32 activations. The 16-bit
-//! rounding of the activations (at most 1/65534 of the block's largest value) is 256 times
-//! finer than the 8-bit activations of llama.cpp's CPU kernels, whose rounding changed greedy
-//! output of the default model in our tests; 16 bits did not.
+//! For each block, one register per pair of weights holds those weights of 8 rows, and each
+//! activation row broadcasts its matching pair of activations: one `pmaddwd` and one add give
+//! two products for each of the 8 rows, whose sums stay exact 32-bit integers for the whole
+//! block. Only then is the block converted and scaled, once for the 8 rows, so a row costs
+//! about 2.5 instructions per 16 multiply-adds and the weights' unpacking (a shift and a mask
+//! per register) is shared by the tile's rows. The 16-bit rounding of the activations (at
+//! most 1/65534 of the block's largest value) is 256 times finer than the 8-bit activations
+//! of llama.cpp's CPU kernels, whose rounding changed greedy output of the default model in
+//! our tests; 16 bits did not.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum, Avx2Block};
+use super::avx2::{hsum, Avx2Group, REGS};
 use super::blocks::QK;
 
 /// Largest 16-bit activation: `x ≈ d · q` with `|q| <= Q_MAX`.
@@ -88,96 +92,65 @@ unsafe fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
-/// `out[o * T + t]` = row `r0 + t` of `x` · weight row `o` of `w_rows` (each `cols / 32`
-/// blocks), for `T` rows.
+/// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
+/// `groups` (each `cols / 32` groups), for `T` rows.
 ///
-/// Per block and row: two `pmaddwd` and an add give eight 32-bit partial sums, converted to
-/// f32 and added with the block's two scales into one of two accumulators (even and odd
-/// blocks). The order of operations for one output is the same for every `T`.
+/// Per block and row: one broadcast, `pmaddwd` and add per register of weights into exact
+/// 32-bit sums, then one conversion and FMA with the 8 rows' scales (two for split scales)
+/// and one FMA for their offsets times the block's exact activation sum. The order of
+/// operations for one output is the same for every `T`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `x` holds rows `r0..r0 + T`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile<B: Avx2Block, const T: usize>(
-    w_rows: &[B],
+pub unsafe fn tile<G: Avx2Group, const T: usize>(
+    groups: &[G],
     x: &Rows16,
     r0: usize,
     out: &mut [f32],
 ) {
     let cols = x.cols;
     let nb = cols / QK;
-    debug_assert!(r0 + T <= x.len() && w_rows.len().is_multiple_of(nb));
+    debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(nb));
+    debug_assert!(out.len() >= groups.len() / nb * T * 8);
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let sum = x.sum.as_ptr().add(r0 * nb);
-    for (o, w_row) in w_rows.chunks_exact(nb).enumerate() {
-        let mut acc = [[_mm256_setzero_ps(); 2]; T];
-        // (no closures here: they would not inherit the target features)
-        macro_rules! block {
-            ($b:expr, $k:literal) => {{
-                let b = $b;
-                let wb = w_row.get_unchecked(b);
-                let (lo, hi) = wb.ints_avx2();
-                let dw = _mm256_set1_ps(wb.scale());
-                let dw_hi = _mm256_set1_ps(wb.scale_hi());
-                for t in 0..T {
-                    let qb = q.add(t * cols + b * QK);
-                    let s_lo = _mm256_madd_epi16(lo, _mm256_loadu_si256(qb as *const __m256i));
-                    let s_hi =
-                        _mm256_madd_epi16(hi, _mm256_loadu_si256(qb.add(16) as *const __m256i));
-                    let da = _mm256_set1_ps(*d.add(t * nb + b));
-                    if B::SPLIT_SCALE {
-                        // Two scales (Q6_K): each half converted and scaled on its own.
-                        let a = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(s_lo),
-                            _mm256_mul_ps(dw, da),
-                            acc[t][$k],
-                        );
-                        acc[t][$k] =
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_hi), _mm256_mul_ps(dw_hi, da), a);
-                    } else {
-                        let s = _mm256_add_epi32(s_lo, s_hi);
-                        let scale = _mm256_mul_ps(dw, da);
-                        acc[t][$k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[t][$k]);
+    for (g, row) in groups.chunks_exact(nb).enumerate() {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, group) in row.iter().enumerate() {
+            // Sums of weights 0..16 and 16..32 (apart only for split scales).
+            let mut isum = [[_mm256_setzero_si256(); 2]; T];
+            for l in 0..REGS / G::PER_LOAD {
+                let v = group.load(l);
+                for s in 0..G::PER_LOAD {
+                    let w = G::extract(v, s);
+                    let r = l * G::PER_LOAD + s;
+                    let half = usize::from(G::SPLIT_SCALE && r >= REGS / 2);
+                    for (t, isum) in isum.iter_mut().enumerate() {
+                        let pair = q.add(t * cols + b * QK + 2 * r) as *const i32;
+                        let a = _mm256_set1_epi32(pair.read_unaligned());
+                        isum[half] = _mm256_add_epi32(isum[half], _mm256_madd_epi16(w, a));
                     }
                 }
-            }};
-        }
-        let mut b = 0;
-        while b + 2 <= nb {
-            block!(b, 0);
-            block!(b + 1, 1);
-            b += 2;
-        }
-        if b < nb {
-            block!(b, 0);
-        }
-        // Σ offset · Σx over the blocks, in a loop of its own so that its accumulators do not
-        // take registers from the one above (even and odd blocks again).
-        let mut offsets = [[0f32; 2]; T];
-        if B::HAS_OFFSET {
-            // Unrolled by two: indexing by `b & 1` would keep the sums in memory.
-            let mut b = 0;
-            while b < nb {
-                let m0 = w_row.get_unchecked(b).offset();
-                let m1 = if b + 1 < nb {
-                    w_row.get_unchecked(b + 1).offset()
-                } else {
-                    0.0
-                };
-                for (t, off) in offsets.iter_mut().enumerate() {
-                    off[0] = m0.mul_add(*sum.add(t * nb + b), off[0]);
-                    if b + 1 < nb {
-                        off[1] = m1.mul_add(*sum.add(t * nb + b + 1), off[1]);
-                    }
+            }
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let da = _mm256_set1_ps(*d.add(t * nb + b));
+                let ints = _mm256_cvtepi32_ps(isum[t][0]);
+                *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(group.d(), da), *acc);
+                if G::SPLIT_SCALE {
+                    let ints = _mm256_cvtepi32_ps(isum[t][1]);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(group.d_hi(), da), *acc);
                 }
-                b += 2;
+                if G::HAS_OFFSET {
+                    let xs = _mm256_set1_ps(*sum.add(t * nb + b));
+                    *acc = _mm256_fmadd_ps(group.m(), xs, *acc);
+                }
             }
         }
-        for t in 0..T {
-            let dot = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
-            *out.get_unchecked_mut(o * T + t) = dot + (offsets[t][0] + offsets[t][1]);
+        for (t, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add((g * T + t) * 8), *acc);
         }
     }
 }

@@ -10,7 +10,10 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx2::{Avx2Group, REGS};
 use super::blocks::QK;
+use super::groups::{Group, ROWS};
 use super::{Kernel, SharedOut};
 
 /// Weight rows (output columns) per panel: two AVX2 registers.
@@ -18,9 +21,10 @@ pub const NR: usize = 16;
 /// Activation rows per tile: 12 accumulators, two panel registers and one broadcast.
 const MR: usize = 6;
 
-/// `y[r * stride + o]` for activation rows `x` (`cols` each) and weight rows `o0..o1` of `w`.
-pub fn run_range<B: Kernel>(
-    w: &[B],
+/// `y[r * stride + o]` for activation rows `x` (`cols` each) and weight rows `o0..o1` of the
+/// groups `w` (`o0` a multiple of [`NR`]).
+pub fn run_range<G: Kernel>(
+    w: &[G],
     cols: usize,
     x: &[f32],
     y: SharedOut,
@@ -33,12 +37,17 @@ pub fn run_range<B: Kernel>(
     if rows == 0 {
         return;
     }
+    debug_assert!(o0.is_multiple_of(NR));
     let mut panel = vec![0f32; cols * NR];
     let mut tile = [[0f32; NR]; MR];
     let mut c0 = o0;
     while c0 < o1 {
         let n = (o1 - c0).min(NR);
-        pack(&w[c0 * nb..(c0 + n) * nb], nb, &mut panel);
+        pack(
+            &w[c0 / ROWS * nb..(c0 + n).div_ceil(ROWS) * nb],
+            nb,
+            &mut panel,
+        );
         let mut r0 = 0;
         while r0 < rows {
             let t = (rows - r0).min(MR);
@@ -55,91 +64,68 @@ pub fn run_range<B: Kernel>(
     }
 }
 
-/// `panel[k * NR + o]` = weight `k` of row `o` of `w_rows` (up to `NR` rows of `nb` blocks);
-/// the columns of missing rows are zero.
-fn pack<B: Kernel>(w_rows: &[B], nb: usize, panel: &mut [f32]) {
-    let n = w_rows.len() / nb;
-    if n < NR {
+/// `panel[k * NR + o]` = weight `k` of row `o` of `groups` (one or two group rows of `nb`
+/// groups); the columns of a missing group are zero.
+fn pack<G: Kernel>(groups: &[G], nb: usize, panel: &mut [f32]) {
+    if groups.len() < NR / ROWS * nb {
         panel.fill(0.0);
     }
-    let mut o = 0;
     #[cfg(target_arch = "x86_64")]
     if super::avx2::available() {
-        while o + 8 <= n {
-            // SAFETY: AVX2 and FMA were detected at run time; 8 rows, columns o..o + 8 < NR.
-            unsafe { pack8_avx2(&w_rows[o * nb..(o + 8) * nb], nb, panel, o) };
-            o += 8;
-        }
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { pack_avx2(groups, nb, panel) };
+        return;
     }
-    for (i, row) in w_rows[o * nb..].chunks_exact(nb).enumerate() {
-        for (b, block) in row.iter().enumerate() {
-            for (j, v) in block.dequantize().iter().enumerate() {
-                panel[(b * QK + j) * NR + o + i] = *v;
+    pack_portable(groups, nb, panel);
+}
+
+/// [`pack`] one weight at a time.
+pub(super) fn pack_portable<G: Group>(groups: &[G], nb: usize, panel: &mut [f32]) {
+    for (g, row) in groups.chunks_exact(nb).enumerate() {
+        for (b, group) in row.iter().enumerate() {
+            for j in 0..ROWS {
+                for (k, v) in group.dequantize_row(j).iter().enumerate() {
+                    panel[(b * QK + k) * NR + g * ROWS + j] = *v;
+                }
             }
         }
     }
 }
 
-/// [`pack`] for 8 weight rows into panel columns `col..col + 8`: each block of the 8 rows is
-/// dequantized in registers and transposed 8×8 at a time, one store per weight position.
+/// [`pack`] with AVX2: each register of a group holds weights `2r, 2r + 1` of its 8 rows,
+/// which widened to 32 bits are panel rows `2r` and `2r + 1` of those 8 columns.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `w_rows` holds 8 rows of `nb` blocks; `col + 8 <= NR`.
+/// The CPU must support AVX2 and FMA; `panel` holds `nb · 32 · NR` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack8_avx2<B: Kernel>(w_rows: &[B], nb: usize, panel: &mut [f32], col: usize) {
-    debug_assert!(w_rows.len() == 8 * nb && col + 8 <= NR && panel.len() >= nb * QK * NR);
+pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], nb: usize, panel: &mut [f32]) {
+    debug_assert!(panel.len() >= nb * QK * NR && groups.len() <= NR / ROWS * nb);
     let p = panel.as_mut_ptr();
-    // (no closures here: they would not inherit the target features)
-    let mut rows = [[_mm256_setzero_ps(); 4]; 8];
-    let mut quarter = [_mm256_setzero_ps(); 8];
-    for b in 0..nb {
-        for (r, row) in rows.iter_mut().enumerate() {
-            *row = w_rows.get_unchecked(r * nb + b).dequantize_avx2();
-        }
-        for q in 0..4 {
-            for (v, row) in quarter.iter_mut().zip(&rows) {
-                *v = row[q];
-            }
-            let t = transpose8(quarter);
-            for (kk, v) in t.iter().enumerate() {
-                _mm256_storeu_ps(p.add((b * QK + q * 8 + kk) * NR + col), *v);
+    for (g, row) in groups.chunks_exact(nb).enumerate() {
+        for (b, group) in row.iter().enumerate() {
+            let m = group.m();
+            for l in 0..REGS / G::PER_LOAD {
+                let v = group.load(l);
+                for s in 0..G::PER_LOAD {
+                    let r = l * G::PER_LOAD + s;
+                    let d = if r < REGS / 2 {
+                        group.d()
+                    } else {
+                        group.d_hi()
+                    };
+                    let w = G::extract(v, s);
+                    // Weight 2r (the low 16 bits, sign-extended) and 2r + 1 (the high ones).
+                    let even = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(w));
+                    let odd = _mm256_srai_epi32::<16>(w);
+                    for (e, ints) in [even, odd].into_iter().enumerate() {
+                        let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), d, m);
+                        _mm256_storeu_ps(p.add((b * QK + 2 * r + e) * NR + g * ROWS), f);
+                    }
+                }
             }
         }
     }
-}
-
-/// Rows `r[i]` of an 8×8 matrix → its columns.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    [
-        _mm256_permute2f128_ps::<0x20>(u0, u4),
-        _mm256_permute2f128_ps::<0x20>(u1, u5),
-        _mm256_permute2f128_ps::<0x20>(u2, u6),
-        _mm256_permute2f128_ps::<0x20>(u3, u7),
-        _mm256_permute2f128_ps::<0x31>(u0, u4),
-        _mm256_permute2f128_ps::<0x31>(u1, u5),
-        _mm256_permute2f128_ps::<0x31>(u2, u6),
-        _mm256_permute2f128_ps::<0x31>(u3, u7),
-    ]
 }
 
 /// `tile[i][o]` = activation row `i` (of `t`) · panel column `o`.

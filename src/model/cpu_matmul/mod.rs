@@ -4,11 +4,14 @@
 //! K sequences into one matmul buys nothing there. A step's rows are of two kinds, computed
 //! by two kernels:
 //! - decode rows (one per sequence, few per step): [`decode`] quantizes their activations to
-//!   16-bit integers per block of 32 once per matmul, unpacks each weight block to 16-bit
-//!   integers once and multiplies it into a tile of up to 4 rows with `pmaddwd`; weight rows
-//!   are visited in L1-sized chunks by every tile;
+//!   16-bit integers per block of 32 once per matmul, and multiplies each group of 8 weight
+//!   rows' block ([`groups`]) into a tile of up to 4 rows with `pmaddwd`; weight rows are
+//!   visited in L1-sized chunks by every tile;
 //! - prompt rows (many per step): [`gemm`] dequantizes panels of 16 weight rows into f32 once
 //!   and runs a register-blocked GEMM over them with f32 activations.
+//!
+//! Weights are decoded from the file's blocks once at load time and interleaved 8 rows at a
+//! time ([`groups`]), the form both kernels read.
 //!
 //! Tasks split the output columns over the rayon pool. The order of operations for a row
 //! depends only on its kind, never on which rows share its step, so a row's result is the
@@ -21,6 +24,7 @@ mod blocks;
 #[cfg(target_arch = "x86_64")]
 mod decode;
 mod gemm;
+mod groups;
 
 #[cfg(target_arch = "x86_64")]
 use decode::Rows16;
@@ -35,7 +39,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::cpu_storage::contiguous;
 use super::team::SharedOut;
-use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5, BlockQ6, BlockQ8_0, FileBlock, WeightBlock, QK, QK_K};
+use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, FileBlock, IntBlock, QK, QK_K};
+use groups::{interleave, Bytes8, Group, Nibbles8, ROWS};
 
 pub use avx2::available as avx2_available;
 #[cfg(target_arch = "x86_64")]
@@ -50,24 +55,23 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 const W_CHUNK: usize = gemm::NR;
 
 #[cfg(target_arch = "x86_64")]
-trait Kernel: avx2::Avx2Block {}
+trait Kernel: avx2::Avx2Group {}
 #[cfg(target_arch = "x86_64")]
-impl<B: avx2::Avx2Block> Kernel for B {}
+impl<G: avx2::Avx2Group> Kernel for G {}
 #[cfg(not(target_arch = "x86_64"))]
-trait Kernel: WeightBlock {}
+trait Kernel: Group {}
 #[cfg(not(target_arch = "x86_64"))]
-impl<B: WeightBlock> Kernel for B {}
+impl<G: Group> Kernel for G {}
 
+/// The weights as groups of 8 rows, `ceil(out / 8) × (in / 32)`.
 #[derive(Debug)]
 enum Packed {
-    Q4_0(Vec<BlockQ4_0>),
-    /// Q4_1, and Q4_K split into Q4_1 blocks.
-    Q4_1(Vec<BlockQ4_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    /// Q4_0, Q4_1, and Q4_K split into Q4_1 blocks.
+    Q4(Vec<Nibbles8>),
+    /// Q8_0, and Q6_K split into blocks of 32.
+    Signed8(Vec<Bytes8<true>>),
     /// Q5_K split into blocks of 32.
-    Q5(Vec<BlockQ5>),
-    /// Q6_K split into blocks of 32.
-    Q6(Vec<BlockQ6>),
+    Q5(Vec<Bytes8<false>>),
 }
 
 /// A quantized weight matrix `[out_features, in_features]` in decoded block form.
@@ -78,13 +82,21 @@ pub struct CpuQMatMul {
     in_features: usize,
 }
 
-fn decode<B: FileBlock>(bytes: &[u8]) -> Vec<B> {
-    bytes.chunks_exact(B::BYTES).map(B::read).collect()
+/// File blocks of a `rows`-row matrix, as groups.
+fn decode<B: FileBlock + IntBlock, G: Group>(bytes: &[u8], rows: usize) -> Vec<G> {
+    let blocks: Vec<B> = bytes.chunks_exact(B::BYTES).map(B::read).collect();
+    interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
 
-/// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`.
-fn decode_k<B: WeightBlock>(bytes: &[u8], size: usize, split: fn(&[u8]) -> [B; 8]) -> Vec<B> {
-    bytes.chunks_exact(size).flat_map(split).collect()
+/// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`, as groups.
+fn decode_k<B: IntBlock, G: Group>(
+    bytes: &[u8],
+    rows: usize,
+    size: usize,
+    split: fn(&[u8]) -> [B; 8],
+) -> Vec<G> {
+    let blocks: Vec<B> = bytes.chunks_exact(size).flat_map(split).collect();
+    interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
 
 impl CpuQMatMul {
@@ -99,15 +111,29 @@ impl CpuQMatMul {
         if k_quant && in_features % QK_K != 0 {
             return Ok(None);
         }
+        let rows = out_features;
         let packed = match qt.dtype() {
-            GgmlDType::Q4_0 => Packed::Q4_0(decode(&data)),
-            GgmlDType::Q4_1 => Packed::Q4_1(decode(&data)),
-            GgmlDType::Q8_0 => Packed::Q8_0(decode(&data)),
-            GgmlDType::Q4K => {
-                Packed::Q4_1(decode_k(&data, blocks::Q4_K_BYTES, blocks::q4_k_blocks))
-            }
-            GgmlDType::Q5K => Packed::Q5(decode_k(&data, blocks::Q5_K_BYTES, blocks::q5_k_blocks)),
-            GgmlDType::Q6K => Packed::Q6(decode_k(&data, blocks::Q6_K_BYTES, blocks::q6_k_blocks)),
+            GgmlDType::Q4_0 => Packed::Q4(decode::<BlockQ4_0, _>(&data, rows)),
+            GgmlDType::Q4_1 => Packed::Q4(decode::<BlockQ4_1, _>(&data, rows)),
+            GgmlDType::Q8_0 => Packed::Signed8(decode::<BlockQ8_0, _>(&data, rows)),
+            GgmlDType::Q4K => Packed::Q4(decode_k(
+                &data,
+                rows,
+                blocks::Q4_K_BYTES,
+                blocks::q4_k_blocks,
+            )),
+            GgmlDType::Q5K => Packed::Q5(decode_k(
+                &data,
+                rows,
+                blocks::Q5_K_BYTES,
+                blocks::q5_k_blocks,
+            )),
+            GgmlDType::Q6K => Packed::Signed8(decode_k(
+                &data,
+                rows,
+                blocks::Q6_K_BYTES,
+                blocks::q6_k_blocks,
+            )),
             _ => return Ok(None),
         };
         Ok(Some(Self {
@@ -141,20 +167,18 @@ impl CpuQMatMul {
         range: (usize, usize),
     ) {
         match &*self.packed {
-            Packed::Q4_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q4_1(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q8_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q4(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Signed8(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
             Packed::Q5(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q6(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
         }
     }
 
-    /// [`Self::run_range`] for weights of type `B`: decode rows through the register tiles,
-    /// prompt rows through [`gemm`].
+    /// [`Self::run_range`] for weight groups of type `G`: decode rows through the register
+    /// tiles, prompt rows through [`gemm`].
     #[allow(clippy::too_many_arguments)]
-    fn run_rows<B: Kernel>(
+    fn run_rows<G: Kernel>(
         &self,
-        w: &[B],
+        w: &[G],
         x: &[f32],
         x16: Option<&Rows16>,
         decode_rows: usize,
@@ -170,9 +194,9 @@ impl CpuQMatMul {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_typed<B: Kernel>(
+    fn run_typed<G: Kernel>(
         &self,
-        w: &[B],
+        w: &[G],
         x: &[f32],
         x16: Option<&Rows16>,
         y: SharedOut,
@@ -184,21 +208,26 @@ impl CpuQMatMul {
         let nb = cols / QK;
         let rows = x.len() / cols;
         let mut scratch = [0f32; W_CHUNK * MAX_TILE];
+        debug_assert!(o0.is_multiple_of(ROWS));
         // Weight rows in L1-sized chunks, every tile of activation rows streaming past them.
         let mut c0 = o0;
         while c0 < o1 {
             let c1 = (c0 + W_CHUNK).min(o1);
-            let w_rows = &w[c0 * nb..c1 * nb];
+            let groups = &w[c0 / ROWS * nb..c1.div_ceil(ROWS) * nb];
             let mut r0 = 0;
             while r0 < rows {
                 let t = (rows - r0).min(MAX_TILE);
-                let scratch = &mut scratch[..(c1 - c0) * t];
+                let scratch = &mut scratch[..groups.len() / nb * t * ROWS];
                 let rows = &x[r0 * cols..(r0 + t) * cols];
-                compute_tile(w_rows, cols, rows, x16.map(|x16| (x16, r0)), scratch);
-                for (o, vals) in scratch.chunks_exact(t).enumerate() {
-                    for (i, v) in vals.iter().enumerate() {
-                        // SAFETY: in bounds; tasks write disjoint output columns.
-                        unsafe { *y.at((r0 + i) * stride + c0 + o) = *v };
+                compute_tile(groups, cols, rows, x16.map(|x16| (x16, r0)), scratch);
+                // scratch[(g * t + i) * 8 + j]: output column c0 + 8g + j of row r0 + i.
+                for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
+                    for (i, vals) in vals.chunks_exact(ROWS).enumerate() {
+                        let o = c0 + gi * ROWS;
+                        for (j, v) in vals[..(c1 - o).min(ROWS)].iter().enumerate() {
+                            // SAFETY: in bounds; tasks write disjoint output columns.
+                            unsafe { *y.at((r0 + i) * stride + o + j) = *v };
+                        }
                     }
                 }
                 r0 += t;
@@ -268,10 +297,11 @@ fn quantize_decode_rows(x: &[f32], cols: usize) -> Option<Rows16> {
     None
 }
 
-/// `out[o * t + i] = x row i · weight row o`, for `t` rows of `cols` activations; `x16`: the
-/// same rows quantized (rows `r0..r0 + t` of it), when the CPU has AVX2.
-fn compute_tile<B: Kernel>(
-    w_rows: &[B],
+/// `out[(g * t + i) * 8 + j] = x row i · row j of group row g`, for `t` rows of `cols`
+/// activations; `x16`: the same rows quantized (rows `r0..r0 + t` of it), when the CPU has
+/// AVX2.
+fn compute_tile<G: Kernel>(
+    groups: &[G],
     cols: usize,
     x: &[f32],
     x16: Option<(&Rows16, usize)>,
@@ -285,7 +315,7 @@ fn compute_tile<B: Kernel>(
                 match t {
                     // SAFETY: x16 exists only where AVX2 and FMA were detected; it holds
                     // rows r0..r0 + t.
-                    $($n => unsafe { decode::tile::<B, $n>(w_rows, x16, r0, out) },)*
+                    $($n => unsafe { decode::tile::<G, $n>(groups, x16, r0, out) },)*
                     _ => unreachable!("tile of {t} rows"),
                 }
             };
@@ -296,15 +326,17 @@ fn compute_tile<B: Kernel>(
     #[cfg(not(target_arch = "x86_64"))]
     let _ = x16;
     let nb = cols / QK;
-    for (o, w_row) in w_rows.chunks_exact(nb).enumerate() {
+    for (g, row) in groups.chunks_exact(nb).enumerate() {
         for (i, x_row) in x.chunks_exact(cols).enumerate() {
-            let mut sum = 0f32;
-            for (wb, xb) in w_row.iter().zip(x_row.chunks_exact(QK)) {
-                for (w, x) in wb.dequantize().iter().zip(xb) {
-                    sum = x.mul_add(*w, sum);
+            for j in 0..ROWS {
+                let mut sum = 0f32;
+                for (group, xb) in row.iter().zip(x_row.chunks_exact(QK)) {
+                    for (w, x) in group.dequantize_row(j).iter().zip(xb) {
+                        sum = x.mul_add(*w, sum);
+                    }
                 }
+                out[(g * t + i) * ROWS + j] = sum;
             }
-            out[o * t + i] = sum;
         }
     }
 }
@@ -399,53 +431,60 @@ mod tests {
         CpuQMatMul::from_qtensor(&qw).unwrap().unwrap()
     }
 
-    /// The AVX2 dequantization (prompt-row panels) gives the portable one's values exactly (a
-    /// zero may differ in sign: `(q - 8) · d` is -0 for a negative `d`, the FMA +0).
+    /// The AVX2 panels of the prompt-row GEMM equal the portable ones exactly (a zero may
+    /// differ in sign), for every type and a last group with missing rows.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_dequantize_equals_the_portable_one() {
+    fn avx2_panels_equal_the_portable_ones() {
         if !avx2_available() {
             return;
         }
-        fn check<B: Kernel>(blocks: &[B], dtype: GgmlDType) {
-            for (i, b) in blocks.iter().enumerate() {
+        fn check<G: Kernel>(groups: &[G], nb: usize, dtype: GgmlDType) {
+            // Group rows 4 (full) and 4..5 (the last, 37 = 4·8 + 5 rows).
+            for range in [2 * nb..4 * nb, 4 * nb..5 * nb] {
+                let mut want = vec![1f32; nb * QK * gemm::NR];
+                let mut got = want.clone();
+                want.fill(0.0);
+                gemm::pack_portable(&groups[range.clone()], nb, &mut want);
+                got.fill(0.0);
                 // SAFETY: AVX2 and FMA were detected above.
-                let lanes = unsafe { b.dequantize_avx2() };
-                let mut got = [0f32; QK];
-                for (chunk, v) in got.chunks_exact_mut(8).zip(lanes) {
-                    // SAFETY: 8 floats.
-                    unsafe { std::arch::x86_64::_mm256_storeu_ps(chunk.as_mut_ptr(), v) };
-                }
-                let want = b.dequantize();
-                let same = got.iter().zip(&want).all(|(g, w)| g == w);
-                assert!(same, "{dtype:?} block {i}: {got:?} vs {want:?}");
+                unsafe { gemm::pack_avx2(&groups[range.clone()], nb, &mut got) };
+                assert!(got == want, "{dtype:?} groups {range:?}");
             }
         }
         for dtype in TYPES {
-            match &*packed_blocks(dtype).packed {
-                Packed::Q4_0(b) => check(b, dtype),
-                Packed::Q4_1(b) => check(b, dtype),
-                Packed::Q8_0(b) => check(b, dtype),
-                Packed::Q5(b) => check(b, dtype),
-                Packed::Q6(b) => check(b, dtype),
+            let k = packed_blocks(dtype);
+            let nb = k.in_features / QK;
+            match &*k.packed {
+                Packed::Q4(g) => check(g, nb, dtype),
+                Packed::Signed8(g) => check(g, nb, dtype),
+                Packed::Q5(g) => check(g, nb, dtype),
             }
         }
     }
 
-    /// Each K-quant super-block splits into blocks of 32 that dequantize to candle's weights.
+    /// Every type's groups dequantize to candle's weights, row by row (K-quant super-blocks
+    /// split into blocks of 32; 9 rows, so the last group has missing rows).
     #[test]
-    fn k_quant_blocks_dequantize_like_candle() {
+    fn groups_dequantize_like_candle() {
+        fn rows<G: Group>(groups: &[G], rows: usize, nb: usize) -> Vec<f32> {
+            (0..rows)
+                .flat_map(|o| {
+                    (0..nb).flat_map(move |b| groups[o / ROWS * nb + b].dequantize_row(o % ROWS))
+                })
+                .collect()
+        }
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        for dtype in TYPES {
             let w = Tensor::from_vec(random(9 * 512, 11), (9, 512), &dev).unwrap();
             let qw = QTensor::quantize(&w, dtype).unwrap();
             let want = candle_weights(&qw);
             let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
+            let nb = 512 / QK;
             let got: Vec<f32> = match &*k.packed {
-                Packed::Q4_1(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
-                Packed::Q5(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
-                Packed::Q6(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
-                other => panic!("{dtype:?} packed as {other:?}"),
+                Packed::Q4(g) => rows(g, 9, nb),
+                Packed::Signed8(g) => rows(g, 9, nb),
+                Packed::Q5(g) => rows(g, 9, nb),
             };
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {

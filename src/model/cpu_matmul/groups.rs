@@ -1,0 +1,170 @@
+//! Weight rows interleaved eight at a time, the form the kernels read.
+//!
+//! A group holds one block of 32 weights of 8 consecutive output rows, arranged so that one
+//! 32-byte load and a shift or mask give a 16-bit register whose 32-bit lane `j` holds weights
+//! `2r` and `2r + 1` of row `j`: `pmaddwd` with the activations `2r, 2r + 1` broadcast then
+//! adds two products to each of the 8 rows' sums at once, and after the block the 8 sums are
+//! one register, scaled by the 8 rows' scales in one multiply. (Row by row, each block's sum
+//! had to be reduced and scaled on its own, which cost more than the products.) A matrix is
+//! `ceil(rows / 8) × blocks` groups, group-major; missing rows of the last group are zero.
+
+use std::fmt::Debug;
+
+use super::blocks::{IntBlock, QK};
+
+/// Output rows per group.
+pub const ROWS: usize = 8;
+
+/// One block of 32 weights of 8 rows.
+pub trait Group: Copy + Send + Sync + Debug + 'static {
+    /// All rows zero.
+    const ZERO: Self;
+    /// Sets row `j`: weight `k` is `d[k / 16] · q[k] + m`.
+    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32);
+    /// The integer weight `k` of row `j`.
+    fn int(&self, j: usize, k: usize) -> i32;
+    /// The scale of weight `k` of row `j`.
+    fn scale(&self, j: usize, k: usize) -> f32;
+    /// The offset of row `j`.
+    fn offset(&self, j: usize) -> f32;
+
+    /// Row `j`'s 32 weights as f32: `q · d + m`, one FMA each (the AVX2 paths compute the
+    /// same).
+    fn dequantize_row(&self, j: usize) -> [f32; QK] {
+        std::array::from_fn(|k| (self.int(j, k) as f32).mul_add(self.scale(j, k), self.offset(j)))
+    }
+}
+
+/// `rows × nb` blocks (row-major) as `ceil(rows / 8) × nb` groups.
+pub fn interleave<B: IntBlock, G: Group>(blocks: &[B], rows: usize, nb: usize) -> Vec<G> {
+    debug_assert_eq!(blocks.len(), rows * nb);
+    let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * nb];
+    for (o, row) in blocks.chunks_exact(nb).enumerate() {
+        for (b, block) in row.iter().enumerate() {
+            let (q, d, m) = block.ints();
+            groups[o / ROWS * nb + b].set_row(o % ROWS, &q, d, m);
+        }
+    }
+    groups
+}
+
+/// 4-bit weights `d · q + m`, q in 0..16 (Q4_0 with `m = -8d`, Q4_1, Q4_K's sub-blocks).
+///
+/// Load `l` (bytes `32l..32l + 32`) as 16-bit lanes: lane `2j + e`, bits `4s..4s + 4`, holds
+/// weight `2r + e` of row `j` for register `r = 4l + s`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Nibbles8 {
+    pub qs: [u8; 128],
+    pub d: [f32; ROWS],
+    pub m: [f32; ROWS],
+}
+
+impl Nibbles8 {
+    /// Byte and shift of weight `k` of row `j`.
+    fn at(j: usize, k: usize) -> (usize, u32) {
+        let (r, e) = (k / 2, k % 2);
+        let (l, s) = (r / 4, r % 4);
+        (32 * l + 2 * (2 * j + e) + s / 2, 4 * (s % 2) as u32)
+    }
+}
+
+impl Group for Nibbles8 {
+    const ZERO: Self = Self {
+        qs: [0; 128],
+        d: [0.0; ROWS],
+        m: [0.0; ROWS],
+    };
+
+    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
+        debug_assert!(d[0] == d[1] && q.iter().all(|q| (0..16).contains(q)));
+        for (k, &q) in q.iter().enumerate() {
+            let (byte, shift) = Self::at(j, k);
+            self.qs[byte] = (self.qs[byte] & !(0x0F << shift)) | ((q as u8) << shift);
+        }
+        self.d[j] = d[0];
+        self.m[j] = m;
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        let (byte, shift) = Self::at(j, k);
+        i32::from((self.qs[byte] >> shift) & 0x0F)
+    }
+
+    fn scale(&self, j: usize, _k: usize) -> f32 {
+        self.d[j]
+    }
+
+    fn offset(&self, j: usize) -> f32 {
+        self.m[j]
+    }
+}
+
+/// 8-bit weights, signed (`SIGNED`: Q8_0, Q6_K's sub-blocks, with a scale for each half of
+/// the block) or unsigned with an offset (Q5_K's sub-blocks).
+///
+/// Load `l` (bytes `32l..32l + 32`) as 16-bit lanes: lane `2j + e`, byte `s`, holds weight
+/// `2r + e` of row `j` for register `r = 2l + s`; loads 0..4 hold weights 0..16.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes8<const SIGNED: bool> {
+    pub qs: [u8; 256],
+    /// Scales of weights 0..16.
+    pub d: [f32; ROWS],
+    /// Scales of weights 16..32.
+    pub d_hi: [f32; ROWS],
+    pub m: [f32; ROWS],
+}
+
+impl<const SIGNED: bool> Bytes8<SIGNED> {
+    /// Byte of weight `k` of row `j`.
+    fn at(j: usize, k: usize) -> usize {
+        let (r, e) = (k / 2, k % 2);
+        let (l, s) = (r / 2, r % 2);
+        32 * l + 2 * (2 * j + e) + s
+    }
+}
+
+impl<const SIGNED: bool> Group for Bytes8<SIGNED> {
+    const ZERO: Self = Self {
+        qs: [0; 256],
+        d: [0.0; ROWS],
+        d_hi: [0.0; ROWS],
+        m: [0.0; ROWS],
+    };
+
+    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
+        debug_assert!(q.iter().all(|&q| if SIGNED {
+            i8::try_from(q).is_ok()
+        } else {
+            u8::try_from(q).is_ok()
+        }));
+        debug_assert!(!SIGNED || m == 0.0);
+        for (k, &q) in q.iter().enumerate() {
+            self.qs[Self::at(j, k)] = q as u8;
+        }
+        [self.d[j], self.d_hi[j]] = d;
+        self.m[j] = m;
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        let byte = self.qs[Self::at(j, k)];
+        if SIGNED {
+            i32::from(byte as i8)
+        } else {
+            i32::from(byte)
+        }
+    }
+
+    fn scale(&self, j: usize, k: usize) -> f32 {
+        if k < 16 {
+            self.d[j]
+        } else {
+            self.d_hi[j]
+        }
+    }
+
+    fn offset(&self, j: usize) -> f32 {
+        self.m[j]
+    }
+}
