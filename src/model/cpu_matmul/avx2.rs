@@ -6,7 +6,10 @@
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::groups::{Bytes8, Group, Nibbles8};
+use half::f16;
+
+#[cfg(target_arch = "x86_64")]
+use super::groups::{Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Scales, F16D};
 
 /// Registers per group: weights `2r, 2r + 1` of the 8 rows for `r` in `0..REGS`.
 pub const REGS: usize = 16;
@@ -37,27 +40,111 @@ pub trait Avx2Group: Group {
     /// Scales of the 8 rows (weights 0..16, or all 32 unless [`Self::SPLIT_SCALE`]).
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// The CPU must support AVX2 and F16C.
     unsafe fn d(&self) -> __m256;
 
     /// Scales of weights 16..32.
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// The CPU must support AVX2 and F16C.
     unsafe fn d_hi(&self) -> __m256;
 
-    /// Offsets of the 8 rows.
+    /// Offsets of the 8 rows (zero without).
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// The CPU must support AVX2 and F16C.
     unsafe fn m(&self) -> __m256;
 }
 
+/// AVX2 loads of a group's scales and offsets, as 8 f32 lanes (one per row).
 #[cfg(target_arch = "x86_64")]
-impl Avx2Group for Nibbles8 {
+pub trait Avx2Scales: Scales {
+    /// # Safety
+    /// The CPU must support AVX2 and F16C.
+    unsafe fn d(&self) -> __m256;
+    /// Scales of weights 16..32 (the same as [`Self::d`] unless split).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C.
+    unsafe fn d_hi(&self) -> __m256 {
+        self.d()
+    }
+    /// Offsets (zero without).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C.
+    unsafe fn m(&self) -> __m256 {
+        _mm256_setzero_ps()
+    }
+}
+
+/// 8 f16 as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn f16x8(v: &[f16; 8]) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i))
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Scales for F16Dm {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn d(&self) -> __m256 {
+        f16x8(&self.d)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn m(&self) -> __m256 {
+        f16x8(&self.m)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Scales for F16D {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn d(&self) -> __m256 {
+        f16x8(&self.d)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Scales for F32Dm {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn d(&self) -> __m256 {
+        _mm256_loadu_ps(self.d.as_ptr())
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn m(&self) -> __m256 {
+        _mm256_loadu_ps(self.m.as_ptr())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Scales for F32Split {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn d(&self) -> __m256 {
+        _mm256_loadu_ps(self.d.as_ptr())
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn d_hi(&self) -> __m256 {
+        _mm256_loadu_ps(self.d_hi.as_ptr())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
     const PER_LOAD: usize = 4;
-    const SPLIT_SCALE: bool = false;
-    const HAS_OFFSET: bool = true;
+    const SPLIT_SCALE: bool = S::SPLIT;
+    const HAS_OFFSET: bool = S::OFFSET;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -77,30 +164,30 @@ impl Avx2Group for Nibbles8 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn d(&self) -> __m256 {
-        _mm256_load_ps(self.d.as_ptr())
+        self.scales.d()
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn d_hi(&self) -> __m256 {
-        self.d()
+        self.scales.d_hi()
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn m(&self) -> __m256 {
-        _mm256_load_ps(self.m.as_ptr())
+        self.scales.m()
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<const SIGNED: bool> Avx2Group for Bytes8<SIGNED> {
+impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Bytes8<SIGNED, S> {
     const PER_LOAD: usize = 2;
-    const SPLIT_SCALE: bool = SIGNED;
-    const HAS_OFFSET: bool = !SIGNED;
+    const SPLIT_SCALE: bool = S::SPLIT;
+    const HAS_OFFSET: bool = S::OFFSET;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -119,22 +206,22 @@ impl<const SIGNED: bool> Avx2Group for Bytes8<SIGNED> {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn d(&self) -> __m256 {
-        _mm256_load_ps(self.d.as_ptr())
+        self.scales.d()
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn d_hi(&self) -> __m256 {
-        _mm256_load_ps(self.d_hi.as_ptr())
+        self.scales.d_hi()
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn m(&self) -> __m256 {
-        _mm256_load_ps(self.m.as_ptr())
+        self.scales.m()
     }
 }
 

@@ -101,9 +101,9 @@ unsafe fn hmax(v: __m256) -> f32 {
 /// operations for one output is the same for every `T`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `x` holds rows `r0..r0 + T`.
+/// The CPU must support AVX2, FMA and F16C; `x` holds rows `r0..r0 + T`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile<G: Avx2Group, const T: usize>(
     groups: &[G],
     x: &Rows16,
@@ -135,17 +135,18 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
                     }
                 }
             }
+            let (dw, dw_hi, m) = (group.d(), group.d_hi(), group.m());
             for (t, acc) in acc.iter_mut().enumerate() {
                 let da = _mm256_set1_ps(*d.add(t * nb + b));
                 let ints = _mm256_cvtepi32_ps(isum[t][0]);
-                *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(group.d(), da), *acc);
+                *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
                 if G::SPLIT_SCALE {
                     let ints = _mm256_cvtepi32_ps(isum[t][1]);
-                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(group.d_hi(), da), *acc);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw_hi, da), *acc);
                 }
                 if G::HAS_OFFSET {
                     let xs = _mm256_set1_ps(*sum.add(t * nb + b));
-                    *acc = _mm256_fmadd_ps(group.m(), xs, *acc);
+                    *acc = _mm256_fmadd_ps(m, xs, *acc);
                 }
             }
         }

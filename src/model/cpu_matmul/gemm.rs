@@ -72,7 +72,7 @@ fn pack<G: Kernel>(groups: &[G], nb: usize, panel: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if super::avx2::available() {
-        // SAFETY: AVX2 and FMA were detected at run time.
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
         unsafe { pack_avx2(groups, nb, panel) };
         return;
     }
@@ -96,9 +96,9 @@ pub(super) fn pack_portable<G: Group>(groups: &[G], nb: usize, panel: &mut [f32]
 /// which widened to 32 bits are panel rows `2r` and `2r + 1` of those 8 columns.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `panel` holds `nb · 32 · NR` floats.
+/// The CPU must support AVX2, FMA and F16C; `panel` holds `nb · 32 · NR` floats.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], nb: usize, panel: &mut [f32]) {
     debug_assert!(panel.len() >= nb * QK * NR && groups.len() <= NR / ROWS * nb);
     let p = panel.as_mut_ptr();

@@ -7,8 +7,14 @@
 //! one register, scaled by the 8 rows' scales in one multiply. (Row by row, each block's sum
 //! had to be reduced and scaled on its own, which cost more than the products.) A matrix is
 //! `ceil(rows / 8) × blocks` groups, group-major; missing rows of the last group are zero.
+//!
+//! Scales are kept as the file has them where that is exact (f16 for Q4_0, Q4_1 and Q8_0, so
+//! that a group takes no more memory than the file's blocks: decode at one sequence streams
+//! every weight once per token), and as f32 for the K-quants' products of two scales.
 
 use std::fmt::Debug;
+
+use half::f16;
 
 use super::blocks::{IntBlock, QK};
 
@@ -48,47 +54,115 @@ pub fn interleave<B: IntBlock, G: Group>(blocks: &[B], rows: usize, nb: usize) -
     groups
 }
 
-/// 4-bit weights `d · q + m`, q in 0..16 (Q4_0 with `m = -8d`, Q4_1, Q4_K's sub-blocks).
-///
-/// Load `l` (bytes `32l..32l + 32`) as 16-bit lanes: lane `2j + e`, bits `4s..4s + 4`, holds
-/// weight `2r + e` of row `j` for register `r = 4l + s`.
-#[repr(C, align(32))]
+/// The 8 rows' scales and offsets of a group.
+pub trait Scales: Copy + Send + Sync + Debug + 'static {
+    const ZERO: Self;
+    /// Whether weights 16..32 have scales of their own.
+    const SPLIT: bool;
+    /// Whether the rows have offsets.
+    const OFFSET: bool;
+    /// Sets row `j`'s scales (weights 0..16, 16..32) and offset; they must be representable.
+    fn set(&mut self, j: usize, d: [f32; 2], m: f32);
+    /// The scale of weight `k` of row `j`.
+    fn scale(&self, j: usize, k: usize) -> f32;
+    /// The offset of row `j`.
+    fn offset(&self, j: usize) -> f32;
+}
+
+/// f16 scales and offsets (Q4_0, with `m = -8d`, and Q4_1: the file's own values).
+#[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct Nibbles8 {
-    pub qs: [u8; 128],
+pub struct F16Dm {
+    pub d: [f16; ROWS],
+    pub m: [f16; ROWS],
+}
+
+/// f16 scales (Q8_0).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct F16D {
+    pub d: [f16; ROWS],
+}
+
+/// f32 scales and offsets (Q4_K and Q5_K sub-blocks: products of two scales).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct F32Dm {
     pub d: [f32; ROWS],
     pub m: [f32; ROWS],
 }
 
-impl Nibbles8 {
-    /// Byte and shift of weight `k` of row `j`.
-    fn at(j: usize, k: usize) -> (usize, u32) {
-        let (r, e) = (k / 2, k % 2);
-        let (l, s) = (r / 4, r % 4);
-        (32 * l + 2 * (2 * j + e) + s / 2, 4 * (s % 2) as u32)
+/// f32 scales for each half of the block (Q6_K sub-blocks).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct F32Split {
+    pub d: [f32; ROWS],
+    pub d_hi: [f32; ROWS],
+}
+
+/// `v` as f16, which must be exact.
+fn exact_f16(v: f32) -> f16 {
+    let h = f16::from_f32(v);
+    debug_assert_eq!(h.to_f32(), v, "{v} is not an f16");
+    h
+}
+
+impl Scales for F16Dm {
+    const ZERO: Self = Self {
+        d: [f16::ZERO; ROWS],
+        m: [f16::ZERO; ROWS],
+    };
+    const SPLIT: bool = false;
+    const OFFSET: bool = true;
+
+    fn set(&mut self, j: usize, d: [f32; 2], m: f32) {
+        debug_assert_eq!(d[0], d[1]);
+        self.d[j] = exact_f16(d[0]);
+        self.m[j] = exact_f16(m);
+    }
+
+    fn scale(&self, j: usize, _k: usize) -> f32 {
+        self.d[j].to_f32()
+    }
+
+    fn offset(&self, j: usize) -> f32 {
+        self.m[j].to_f32()
     }
 }
 
-impl Group for Nibbles8 {
+impl Scales for F16D {
     const ZERO: Self = Self {
-        qs: [0; 128],
+        d: [f16::ZERO; ROWS],
+    };
+    const SPLIT: bool = false;
+    const OFFSET: bool = false;
+
+    fn set(&mut self, j: usize, d: [f32; 2], m: f32) {
+        debug_assert!(d[0] == d[1] && m == 0.0);
+        self.d[j] = exact_f16(d[0]);
+    }
+
+    fn scale(&self, j: usize, _k: usize) -> f32 {
+        self.d[j].to_f32()
+    }
+
+    fn offset(&self, _j: usize) -> f32 {
+        0.0
+    }
+}
+
+impl Scales for F32Dm {
+    const ZERO: Self = Self {
         d: [0.0; ROWS],
         m: [0.0; ROWS],
     };
+    const SPLIT: bool = false;
+    const OFFSET: bool = true;
 
-    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
-        debug_assert!(d[0] == d[1] && q.iter().all(|q| (0..16).contains(q)));
-        for (k, &q) in q.iter().enumerate() {
-            let (byte, shift) = Self::at(j, k);
-            self.qs[byte] = (self.qs[byte] & !(0x0F << shift)) | ((q as u8) << shift);
-        }
+    fn set(&mut self, j: usize, d: [f32; 2], m: f32) {
+        debug_assert_eq!(d[0], d[1]);
         self.d[j] = d[0];
         self.m[j] = m;
-    }
-
-    fn int(&self, j: usize, k: usize) -> i32 {
-        let (byte, shift) = Self::at(j, k);
-        i32::from((self.qs[byte] >> shift) & 0x0F)
     }
 
     fn scale(&self, j: usize, _k: usize) -> f32 {
@@ -100,60 +174,17 @@ impl Group for Nibbles8 {
     }
 }
 
-/// 8-bit weights, signed (`SIGNED`: Q8_0, Q6_K's sub-blocks, with a scale for each half of
-/// the block) or unsigned with an offset (Q5_K's sub-blocks).
-///
-/// Load `l` (bytes `32l..32l + 32`) as 16-bit lanes: lane `2j + e`, byte `s`, holds weight
-/// `2r + e` of row `j` for register `r = 2l + s`; loads 0..4 hold weights 0..16.
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Bytes8<const SIGNED: bool> {
-    pub qs: [u8; 256],
-    /// Scales of weights 0..16.
-    pub d: [f32; ROWS],
-    /// Scales of weights 16..32.
-    pub d_hi: [f32; ROWS],
-    pub m: [f32; ROWS],
-}
-
-impl<const SIGNED: bool> Bytes8<SIGNED> {
-    /// Byte of weight `k` of row `j`.
-    fn at(j: usize, k: usize) -> usize {
-        let (r, e) = (k / 2, k % 2);
-        let (l, s) = (r / 2, r % 2);
-        32 * l + 2 * (2 * j + e) + s
-    }
-}
-
-impl<const SIGNED: bool> Group for Bytes8<SIGNED> {
+impl Scales for F32Split {
     const ZERO: Self = Self {
-        qs: [0; 256],
         d: [0.0; ROWS],
         d_hi: [0.0; ROWS],
-        m: [0.0; ROWS],
     };
+    const SPLIT: bool = true;
+    const OFFSET: bool = false;
 
-    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
-        debug_assert!(q.iter().all(|&q| if SIGNED {
-            i8::try_from(q).is_ok()
-        } else {
-            u8::try_from(q).is_ok()
-        }));
-        debug_assert!(!SIGNED || m == 0.0);
-        for (k, &q) in q.iter().enumerate() {
-            self.qs[Self::at(j, k)] = q as u8;
-        }
+    fn set(&mut self, j: usize, d: [f32; 2], m: f32) {
+        debug_assert_eq!(m, 0.0);
         [self.d[j], self.d_hi[j]] = d;
-        self.m[j] = m;
-    }
-
-    fn int(&self, j: usize, k: usize) -> i32 {
-        let byte = self.qs[Self::at(j, k)];
-        if SIGNED {
-            i32::from(byte as i8)
-        } else {
-            i32::from(byte)
-        }
     }
 
     fn scale(&self, j: usize, k: usize) -> f32 {
@@ -164,7 +195,108 @@ impl<const SIGNED: bool> Group for Bytes8<SIGNED> {
         }
     }
 
+    fn offset(&self, _j: usize) -> f32 {
+        0.0
+    }
+}
+
+/// 4-bit weights `d · q + m`, q in 0..16 (Q4_0 with `m = -8d`, Q4_1, Q4_K's sub-blocks).
+///
+/// Load `l` (bytes `32l..32l + 32`) as 16-bit lanes: lane `2j + e`, bits `4s..4s + 4`, holds
+/// weight `2r + e` of row `j` for register `r = 4l + s`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Nibbles8<S> {
+    pub qs: [u8; 128],
+    pub scales: S,
+}
+
+/// Byte and shift of weight `k` of row `j` in [`Nibbles8`].
+fn nibble_at(j: usize, k: usize) -> (usize, u32) {
+    let (r, e) = (k / 2, k % 2);
+    let (l, s) = (r / 4, r % 4);
+    (32 * l + 2 * (2 * j + e) + s / 2, 4 * (s % 2) as u32)
+}
+
+impl<S: Scales> Group for Nibbles8<S> {
+    const ZERO: Self = Self {
+        qs: [0; 128],
+        scales: S::ZERO,
+    };
+
+    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
+        debug_assert!(q.iter().all(|q| (0..16).contains(q)));
+        for (k, &q) in q.iter().enumerate() {
+            let (byte, shift) = nibble_at(j, k);
+            self.qs[byte] = (self.qs[byte] & !(0x0F << shift)) | ((q as u8) << shift);
+        }
+        self.scales.set(j, d, m);
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        let (byte, shift) = nibble_at(j, k);
+        i32::from((self.qs[byte] >> shift) & 0x0F)
+    }
+
+    fn scale(&self, j: usize, k: usize) -> f32 {
+        self.scales.scale(j, k)
+    }
+
     fn offset(&self, j: usize) -> f32 {
-        self.m[j]
+        self.scales.offset(j)
+    }
+}
+
+/// 8-bit weights, signed (`SIGNED`: Q8_0, Q6_K's sub-blocks) or unsigned (Q5_K's sub-blocks).
+///
+/// Load `l` (bytes `32l..32l + 32`) as 16-bit lanes: lane `2j + e`, byte `s`, holds weight
+/// `2r + e` of row `j` for register `r = 2l + s`; loads 0..4 hold weights 0..16.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes8<const SIGNED: bool, S> {
+    pub qs: [u8; 256],
+    pub scales: S,
+}
+
+/// Byte of weight `k` of row `j` in [`Bytes8`].
+fn byte_at(j: usize, k: usize) -> usize {
+    let (r, e) = (k / 2, k % 2);
+    let (l, s) = (r / 2, r % 2);
+    32 * l + 2 * (2 * j + e) + s
+}
+
+impl<const SIGNED: bool, S: Scales> Group for Bytes8<SIGNED, S> {
+    const ZERO: Self = Self {
+        qs: [0; 256],
+        scales: S::ZERO,
+    };
+
+    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
+        debug_assert!(q.iter().all(|&q| if SIGNED {
+            i8::try_from(q).is_ok()
+        } else {
+            u8::try_from(q).is_ok()
+        }));
+        for (k, &q) in q.iter().enumerate() {
+            self.qs[byte_at(j, k)] = q as u8;
+        }
+        self.scales.set(j, d, m);
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        let byte = self.qs[byte_at(j, k)];
+        if SIGNED {
+            i32::from(byte as i8)
+        } else {
+            i32::from(byte)
+        }
+    }
+
+    fn scale(&self, j: usize, k: usize) -> f32 {
+        self.scales.scale(j, k)
+    }
+
+    fn offset(&self, j: usize) -> f32 {
+        self.scales.offset(j)
     }
 }

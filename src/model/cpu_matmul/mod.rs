@@ -40,7 +40,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use super::cpu_storage::contiguous;
 use super::team::SharedOut;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, FileBlock, IntBlock, QK, QK_K};
-use groups::{interleave, Bytes8, Group, Nibbles8, ROWS};
+use groups::{interleave, Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, F16D, ROWS};
 
 pub use avx2::available as avx2_available;
 #[cfg(target_arch = "x86_64")]
@@ -66,12 +66,15 @@ impl<G: Group> Kernel for G {}
 /// The weights as groups of 8 rows, `ceil(out / 8) × (in / 32)`.
 #[derive(Debug)]
 enum Packed {
-    /// Q4_0, Q4_1, and Q4_K split into Q4_1 blocks.
-    Q4(Vec<Nibbles8>),
-    /// Q8_0, and Q6_K split into blocks of 32.
-    Signed8(Vec<Bytes8<true>>),
+    /// Q4_0 and Q4_1.
+    Q4(Vec<Nibbles8<F16Dm>>),
+    Q8_0(Vec<Bytes8<true, F16D>>),
+    /// Q4_K split into Q4_1 blocks.
+    Q4K(Vec<Nibbles8<F32Dm>>),
     /// Q5_K split into blocks of 32.
-    Q5(Vec<Bytes8<false>>),
+    Q5K(Vec<Bytes8<false, F32Dm>>),
+    /// Q6_K split into blocks of 32.
+    Q6K(Vec<Bytes8<true, F32Split>>),
 }
 
 /// A quantized weight matrix `[out_features, in_features]` in decoded block form.
@@ -115,20 +118,20 @@ impl CpuQMatMul {
         let packed = match qt.dtype() {
             GgmlDType::Q4_0 => Packed::Q4(decode::<BlockQ4_0, _>(&data, rows)),
             GgmlDType::Q4_1 => Packed::Q4(decode::<BlockQ4_1, _>(&data, rows)),
-            GgmlDType::Q8_0 => Packed::Signed8(decode::<BlockQ8_0, _>(&data, rows)),
-            GgmlDType::Q4K => Packed::Q4(decode_k(
+            GgmlDType::Q8_0 => Packed::Q8_0(decode::<BlockQ8_0, _>(&data, rows)),
+            GgmlDType::Q4K => Packed::Q4K(decode_k(
                 &data,
                 rows,
                 blocks::Q4_K_BYTES,
                 blocks::q4_k_blocks,
             )),
-            GgmlDType::Q5K => Packed::Q5(decode_k(
+            GgmlDType::Q5K => Packed::Q5K(decode_k(
                 &data,
                 rows,
                 blocks::Q5_K_BYTES,
                 blocks::q5_k_blocks,
             )),
-            GgmlDType::Q6K => Packed::Signed8(decode_k(
+            GgmlDType::Q6K => Packed::Q6K(decode_k(
                 &data,
                 rows,
                 blocks::Q6_K_BYTES,
@@ -168,8 +171,10 @@ impl CpuQMatMul {
     ) {
         match &*self.packed {
             Packed::Q4(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Signed8(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q5(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q8_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q4K(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q5K(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
+            Packed::Q6K(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
         }
     }
 
@@ -457,8 +462,10 @@ mod tests {
             let nb = k.in_features / QK;
             match &*k.packed {
                 Packed::Q4(g) => check(g, nb, dtype),
-                Packed::Signed8(g) => check(g, nb, dtype),
-                Packed::Q5(g) => check(g, nb, dtype),
+                Packed::Q8_0(g) => check(g, nb, dtype),
+                Packed::Q4K(g) => check(g, nb, dtype),
+                Packed::Q5K(g) => check(g, nb, dtype),
+                Packed::Q6K(g) => check(g, nb, dtype),
             }
         }
     }
@@ -483,8 +490,10 @@ mod tests {
             let nb = 512 / QK;
             let got: Vec<f32> = match &*k.packed {
                 Packed::Q4(g) => rows(g, 9, nb),
-                Packed::Signed8(g) => rows(g, 9, nb),
-                Packed::Q5(g) => rows(g, 9, nb),
+                Packed::Q8_0(g) => rows(g, 9, nb),
+                Packed::Q4K(g) => rows(g, 9, nb),
+                Packed::Q5K(g) => rows(g, 9, nb),
+                Packed::Q6K(g) => rows(g, 9, nb),
             };
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
