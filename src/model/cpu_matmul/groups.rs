@@ -41,16 +41,26 @@ pub trait Group: Copy + Send + Sync + Debug + 'static {
     }
 }
 
-/// `rows × nb` blocks (row-major) as `ceil(rows / 8) × nb` groups.
-pub fn interleave<B: IntBlock, G: Group>(blocks: &[B], rows: usize, nb: usize) -> Vec<G> {
+/// `rows × nb` blocks (row-major) as `ceil(rows / 8) × nb` groups, group rows in parallel.
+pub fn interleave<B: IntBlock + Sync, G: Group>(blocks: &[B], rows: usize, nb: usize) -> Vec<G> {
+    use rayon::prelude::*;
     debug_assert_eq!(blocks.len(), rows * nb);
     let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * nb];
-    for (o, row) in blocks.chunks_exact(nb).enumerate() {
-        for (b, block) in row.iter().enumerate() {
-            let (q, d, m) = block.ints();
-            groups[o / ROWS * nb + b].set_row(o % ROWS, &q, d, m);
-        }
+    if nb == 0 {
+        return groups;
     }
+    let rows_of_blocks = blocks.par_chunks(ROWS * nb);
+    groups
+        .par_chunks_mut(nb)
+        .zip(rows_of_blocks)
+        .for_each(|(groups, blocks)| {
+            for (j, row) in blocks.chunks_exact(nb).enumerate() {
+                for (group, block) in groups.iter_mut().zip(row) {
+                    let (q, d, m) = block.ints();
+                    group.set_row(j, &q, d, m);
+                }
+            }
+        });
     groups
 }
 

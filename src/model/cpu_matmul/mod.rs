@@ -86,13 +86,13 @@ pub struct CpuQMatMul {
 }
 
 /// File blocks of a `rows`-row matrix, as groups.
-fn decode<B: FileBlock + IntBlock, G: Group>(bytes: &[u8], rows: usize) -> Vec<G> {
+fn decode<B: FileBlock + Sync, G: Group>(bytes: &[u8], rows: usize) -> Vec<G> {
     let blocks: Vec<B> = bytes.chunks_exact(B::BYTES).map(B::read).collect();
     interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
 
 /// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`, as groups.
-fn decode_k<B: IntBlock, G: Group>(
+fn decode_k<B: IntBlock + Sync, G: Group>(
     bytes: &[u8],
     rows: usize,
     size: usize,
