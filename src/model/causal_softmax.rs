@@ -97,7 +97,7 @@ pub fn exp(x: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{EXP_MIN, LN2_HI, LN2_LO, P};
@@ -106,7 +106,7 @@ mod avx2 {
     /// [`super::exp`] on eight lanes.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub unsafe fn exp8(x: __m256) -> __m256 {
         let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_MIN));
         let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(

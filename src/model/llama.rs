@@ -3,10 +3,11 @@
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::ops::{rms_norm, silu};
+use candle_nn::ops::rms_norm;
 use candle_nn::rotary_emb::{rope, rope_i};
 
 use super::attention::AttentionPlan;
+use super::swiglu::swiglu;
 use super::{BatchStep, GgufFile, Linear, ModelConfig, ModelError, SlotKvCache};
 
 struct Layer {
@@ -200,7 +201,7 @@ impl Llama {
 
             let h = rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
             let gate_up = Linear::forward_group(&[&layer.w_gate, &layer.w_up], &h, decode_rows)?;
-            let hidden = (silu(&gate_up[0])? * &gate_up[1])?;
+            let hidden = swiglu(&gate_up[0], &gate_up[1])?;
             x = (x + layer.w_down.forward(&hidden, decode_rows)?)?;
         }
 
