@@ -275,6 +275,40 @@ fn prefill_equals_decode(fx: &Fixture, what: &str) {
     }
 }
 
+/// Decode attention splits a row's keys into spans of 256 and merges the spans: single rows
+/// past one and two spans give one prefill's logits. Head size 64 (the AVX2 path where the
+/// CPU has it), 3 query heads per K/V head, as in the default model.
+#[test]
+fn long_single_rows_equal_prefill_across_attention_spans() {
+    let spec = SyntheticSpec {
+        n_embd: 192,
+        n_head: 3,
+        n_kv_head: 1,
+        n_ff: 256,
+        context_length: 640,
+        ..SyntheticSpec::tiny()
+    };
+    assert_eq!(spec.head_dim(), 64);
+    let fx = load(&spec);
+    let tokens = prompt(600, 3);
+    let want = reference_logits(&fx.model, &tokens, 640);
+    let cache = fx.model.new_cache(1, 640).unwrap();
+    forward(
+        &fx.model,
+        &BatchStep {
+            rows: rows(&tokens, 0, 250, 0, false),
+        },
+        &cache,
+    );
+    for (p, want) in want.iter().enumerate().skip(250) {
+        let step = BatchStep {
+            rows: rows(&tokens, p, 1, 0, true),
+        };
+        let got = forward(&fx.model, &step, &cache);
+        assert_close(&got[0], want, &format!("position {p}"));
+    }
+}
+
 #[test]
 fn one_batched_step_equals_per_sequence_steps() {
     for (dtype, fx) in tiny_per_dtype() {

@@ -1,11 +1,13 @@
 //! Attention of single decode rows on the CPU, straight over the slot KV cache: every
-//! (row, key/value head) is one task that reads its slot's keys and values in place — no
-//! copies, no masks — once for all the query heads that share them (grouped-query
-//! attention), and computes scores, softmax and the weighted sums in one go. At long
-//! contexts this is a memory-bound loop, so reading K/V once per group instead of once per
-//! query head is what counts.
+//! (row, key/value head, span of up to [`SPAN`] keys) is one task that reads its keys and
+//! values in place — no copies, no masks — once for all the query heads that share them
+//! (grouped-query attention), and computes scores, softmax and the weighted sums in one go.
+//! A second pass merges each row's spans (flash-decoding's rescaling by the spans' largest
+//! scores), so one long document's row keeps every core busy instead of one task per K/V
+//! head.
 //!
-//! A row is computed by the same instructions whatever else is in the batch.
+//! A row is computed by the same instructions whatever else is in the batch: its spans
+//! depend only on its own position.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use half::f16;
@@ -35,14 +37,23 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Where one head's keys and values are: row `j` of the head starts at `offset + j * stride`.
+/// Keys per task.
+const SPAN: usize = 256;
+
+/// Where one head's keys and values are (row `j` of the head starts at `offset + j * stride`)
+/// and which of them a task reads: `start..end`.
 struct HeadView<'a> {
     keys: &'a [f16],
     values: &'a [f16],
     offset: usize,
     stride: usize,
-    visible: usize,
+    start: usize,
+    end: usize,
 }
+
+/// A span's result for one query head: its largest score `max`, `sum` = Σ e^(score − max),
+/// and (in the `hd` values after these two) Σ e^(score − max) · value.
+const PARTIAL_HEAD: usize = 2;
 
 impl CustomOp3 for CpuAttention {
     fn name(&self) -> &'static str {
@@ -70,31 +81,89 @@ impl CustomOp3 for CpuAttention {
         let group = self.n_head / self.n_kv_head;
         let stride = self.n_kv_head * hd;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; rows * width];
-        let chunk = group * hd;
-        let out_ptr = super::team::SharedOut(out.as_mut_ptr());
-        // One task per (row, K/V head): the query heads of its group side by side.
-        super::team::for_each(rows * self.n_kv_head, |i| {
-            let row = self.rows[i / self.n_kv_head];
-            let g = i % self.n_kv_head;
+        // Tasks: (row, K/V head, span); each writes `group` partial heads.
+        let spans: Vec<usize> = self
+            .rows
+            .iter()
+            .map(|r| (r.position + 1).div_ceil(SPAN))
+            .collect();
+        let first_task: Vec<usize> = spans
+            .iter()
+            .scan(0, |n, s| {
+                let first = *n;
+                *n += s * self.n_kv_head;
+                Some(first)
+            })
+            .collect();
+        let tasks = first_task
+            .last()
+            .map_or(0, |f| f + spans[rows - 1] * self.n_kv_head);
+        let per_task = group * (PARTIAL_HEAD + hd);
+        let mut partial = vec![0f32; tasks * per_task];
+        let partial_ptr = super::team::SharedOut(partial.as_mut_ptr());
+        super::team::for_each(tasks, |t| {
+            let r = first_task.partition_point(|&f| f <= t) - 1;
+            let (row, local) = (self.rows[r], t - first_task[r]);
+            let (g, span) = (local / spans[r], local % spans[r]);
             let view = HeadView {
                 keys,
                 values,
                 offset: row.slot.0 * self.ctx * stride + g * hd,
                 stride,
-                visible: row.position + 1,
+                start: span * SPAN,
+                end: ((span + 1) * SPAN).min(row.position + 1),
             };
-            // SAFETY: task i alone writes out[i * chunk..(i + 1) * chunk], inside `out`.
-            let o = unsafe { out_ptr.slice(i * chunk, chunk) };
+            let q0 = r * width + g * group * hd;
+            // SAFETY: task t alone writes partial[t * per_task..(t + 1) * per_task].
+            let o = unsafe { partial_ptr.slice(t * per_task, per_task) };
             SCORES.with_borrow_mut(|scores| {
-                attend_group(&q[i * chunk..(i + 1) * chunk], hd, &view, scale, scores, o)
+                attend_group(&q[q0..q0 + group * hd], hd, &view, scale, scores, o)
             });
+        });
+        // Merge each (row, query head)'s spans, in order.
+        let mut out = vec![0f32; rows * width];
+        let out_ptr = super::team::SharedOut(out.as_mut_ptr());
+        super::team::for_each(rows * self.n_kv_head, |i| {
+            let (r, g) = (i / self.n_kv_head, i % self.n_kv_head);
+            let first = first_task[r] + g * spans[r];
+            let parts = &partial[first * per_task..(first + spans[r]) * per_task];
+            for h in 0..group {
+                // SAFETY: (r, g) alone writes its group's heads of row r.
+                let o = unsafe { out_ptr.slice(r * width + (g * group + h) * hd, hd) };
+                merge_spans(parts, per_task, h * (PARTIAL_HEAD + hd), o);
+            }
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, width))))
     }
 }
 
-/// The query heads `q` (`hd` values each) sharing one K/V head.
+/// `out` = the softmax-weighted values of one query head from its spans' partial results
+/// (each `per_task` apart in `parts`, the head's at `at`).
+fn merge_spans(parts: &[f32], per_task: usize, at: usize, out: &mut [f32]) {
+    let len = PARTIAL_HEAD + out.len();
+    let head = |c: usize| &parts[c * per_task + at..][..len];
+    let spans = parts.len() / per_task;
+    let max = (0..spans)
+        .map(|c| head(c)[0])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    out.fill(0.0);
+    for c in 0..spans {
+        let part = head(c);
+        let w = super::causal_softmax::exp(part[0] - max);
+        sum = w.mul_add(part[1], sum);
+        for (o, v) in out.iter_mut().zip(&part[PARTIAL_HEAD..]) {
+            *o = w.mul_add(*v, *o);
+        }
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// The query heads `q` (`hd` values each) sharing one K/V head, over the keys of `view`:
+/// for each head, `max, sum, Σ e^(score − max) · value` into `out` (`PARTIAL_HEAD + hd` each).
 fn attend_group(
     q: &[f32],
     hd: usize,
@@ -112,12 +181,15 @@ fn attend_group(
             _ => {}
         }
     }
-    for (q, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+    for (q, out) in q
+        .chunks_exact(hd)
+        .zip(out.chunks_exact_mut(PARTIAL_HEAD + hd))
+    {
         attend_portable(q, view, scale, scores, out);
     }
 }
 
-/// Scores, softmax (max-subtracted, then normalized) and the weighted sum of values.
+/// Scores, their largest, e^(score − max), their sum and the weighted sum of values.
 fn attend_portable(
     q: &[f32],
     view: &HeadView<'_>,
@@ -127,7 +199,7 @@ fn attend_portable(
 ) {
     let hd = q.len();
     scores.clear();
-    for j in 0..view.visible {
+    for j in view.start..view.end {
         let k = &view.keys[view.offset + j * view.stride..][..hd];
         let dot = q
             .iter()
@@ -141,11 +213,12 @@ fn attend_portable(
         *s = (*s - max).exp();
         sum += *s;
     }
-    out.fill(0.0);
-    for (j, s) in scores.iter().enumerate() {
-        let p = s / sum;
+    let (stats, acc) = out.split_at_mut(PARTIAL_HEAD);
+    stats.copy_from_slice(&[max, sum]);
+    acc.fill(0.0);
+    for (j, p) in (view.start..view.end).zip(scores.iter()) {
         let v = &view.values[view.offset + j * view.stride..][..hd];
-        for (o, x) in out.iter_mut().zip(v) {
+        for (o, x) in acc.iter_mut().zip(v) {
             *o = p.mul_add(x.to_f32(), *o);
         }
     }
@@ -157,7 +230,7 @@ mod avx2 {
 
     use super::super::causal_softmax::exp;
     use super::super::cpu_matmul::avx2_hsum as hsum;
-    use super::HeadView;
+    use super::{HeadView, PARTIAL_HEAD};
     use half::f16;
 
     /// Eight f16 values as f32 (exact).
@@ -171,7 +244,8 @@ mod avx2 {
     /// side, `8 * N` values each): every key and value row is loaded once for all of them.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be available; `q.len() == out.len()`, a multiple of `8 * N`; `N` even.
+    /// AVX2, FMA and F16C must be available; `q.len()` a multiple of `8 * N`, `out.len()`
+    /// `PARTIAL_HEAD + 8 * N` per head; `N` even.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend_group<const N: usize>(
         q: &[f32],
@@ -182,10 +256,11 @@ mod avx2 {
     ) {
         let hd = 8 * N;
         let heads = q.len() / hd;
-        let visible = view.visible;
+        let visible = view.end - view.start;
         scores.clear();
         scores.resize(heads * visible, 0.0);
-        let keys = view.keys.as_ptr().add(view.offset);
+        let first = view.offset + view.start * view.stride;
+        let keys = view.keys.as_ptr().add(first);
         let qp = q.as_ptr();
         let sp = scores.as_mut_ptr();
         // Scores: each key in registers, dotted with every head's query.
@@ -208,7 +283,9 @@ mod avx2 {
                 *sp.add(h * visible + j) = hsum(_mm256_add_ps(even, odd)) * scale;
             }
         }
-        // Softmax of each head's scores: the probabilities replace them.
+        // Each head's e^(score − max) replace its scores; its max and their sum lead its
+        // partial result.
+        let part = PARTIAL_HEAD + hd;
         for h in 0..heads {
             let row = std::slice::from_raw_parts_mut(sp.add(h * visible), visible);
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -217,19 +294,17 @@ mod avx2 {
                 *s = exp(*s - max);
                 sum += *s;
             }
-            for s in row.iter_mut() {
-                *s /= sum;
-            }
+            out[h * part..h * part + PARTIAL_HEAD].copy_from_slice(&[max, sum]);
         }
         // Weighted values, 16 columns at a time for up to 4 heads: each value row's columns
         // are read once, and every output is the same sum over keys in order.
-        let values = view.values.as_ptr().add(view.offset);
+        let values = view.values.as_ptr().add(first);
         for c in (0..hd).step_by(16) {
             for h0 in (0..heads).step_by(4) {
                 let v = values.add(c);
                 let p = sp.add(h0 * visible);
-                let o = out.as_mut_ptr().add(h0 * hd + c);
-                let at = (visible, view.stride, hd);
+                let o = out.as_mut_ptr().add(h0 * part + PARTIAL_HEAD + c);
+                let at = (visible, view.stride, part);
                 match heads - h0 {
                     1 => weighted_values::<1>(v, p, o, at),
                     2 => weighted_values::<2>(v, p, o, at),
@@ -241,17 +316,19 @@ mod avx2 {
     }
 
     /// `out[h][0..16] = Σ_j p[h][j] · v[j][0..16]` for `H` heads, `j` in order: the heads'
-    /// probabilities `p` (`visible` each), value rows `v` (`stride` apart), outputs `hd` apart.
+    /// weights `p` (`visible` each), value rows `v` (`stride` apart), outputs `out_stride`
+    /// apart.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be available; the pointers cover what `(visible, stride, hd)` says.
+    /// AVX2, FMA and F16C must be available; the pointers cover what
+    /// `(visible, stride, out_stride)` says.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn weighted_values<const H: usize>(
         v: *const f16,
         p: *const f32,
         out: *mut f32,
-        (visible, stride, hd): (usize, usize, usize),
+        (visible, stride, out_stride): (usize, usize, usize),
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; H];
         for j in 0..visible {
@@ -264,8 +341,8 @@ mod avx2 {
             }
         }
         for (h, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(h * hd), a[0]);
-            _mm256_storeu_ps(out.add(h * hd + 8), a[1]);
+            _mm256_storeu_ps(out.add(h * out_stride), a[0]);
+            _mm256_storeu_ps(out.add(h * out_stride + 8), a[1]);
         }
     }
 }
