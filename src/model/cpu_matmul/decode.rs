@@ -6,8 +6,8 @@
 //! activation row broadcasts its matching pair of activations: one `pmaddwd` and one add give
 //! two products for each of the 8 rows, whose sums stay exact 32-bit integers for the whole
 //! block. Only then is the block converted and scaled, once for the 8 rows, so a row costs
-//! about 2.5 instructions per 16 multiply-adds and the weights' unpacking (a shift and a mask
-//! per register) is shared by the tile's rows. The 16-bit rounding of the activations (at
+//! three instructions (broadcast, `pmaddwd`, add) per 16 multiply-adds and the weights'
+//! unpacking (a shift and a mask per register) is shared by the tile's rows. The 16-bit rounding of the activations (at
 //! most 1/65534 of the block's largest value) is 256 times finer than the 8-bit activations
 //! of llama.cpp's CPU kernels, whose rounding changed greedy output of the default model in
 //! our tests; 16 bits did not.
