@@ -553,6 +553,45 @@ mod tests {
         }
     }
 
+    /// The portable decode tiles (the path of CPUs without AVX2) give each output as one f32
+    /// FMA chain over the dequantized weights, in order: exactly the sum computed here, for
+    /// every type, tile heights 1-4 and a last group with missing rows.
+    #[test]
+    fn portable_decode_tiles_are_exact_f32_sums() {
+        fn check<G: Kernel>(groups: &[G], rows: usize, cols: usize, dtype: GgmlDType) {
+            let nb = cols / QK;
+            let weights = |o: usize| -> Vec<f32> {
+                (0..nb)
+                    .flat_map(|b| groups[o / ROWS * nb + b].dequantize_row(o % ROWS))
+                    .collect()
+            };
+            for t in 1..=MAX_TILE {
+                let x = random(t * cols, 40 + t as u64);
+                let mut out = vec![f32::NAN; groups.len() / nb * t * ROWS];
+                compute_tile(groups, cols, &x, None, &mut out);
+                for o in 0..rows {
+                    let w = weights(o);
+                    for (i, x) in x.chunks_exact(cols).enumerate() {
+                        let want = x.iter().zip(&w).fold(0f32, |s, (x, w)| x.mul_add(*w, s));
+                        let got = out[(o / ROWS * t + i) * ROWS + o % ROWS];
+                        assert_eq!(got, want, "{dtype:?} t={t} row {o}, activation row {i}");
+                    }
+                }
+            }
+        }
+        for dtype in TYPES {
+            let k = packed_blocks(dtype);
+            let (rows, cols) = (k.out_features, k.in_features);
+            match &*k.packed {
+                Packed::Q4(g) => check(g, rows, cols, dtype),
+                Packed::Q8_0(g) => check(g, rows, cols, dtype),
+                Packed::Q4K(g) => check(g, rows, cols, dtype),
+                Packed::Q5K(g) => check(g, rows, cols, dtype),
+                Packed::Q6K(g) => check(g, rows, cols, dtype),
+            }
+        }
+    }
+
     #[test]
     fn rows_do_not_depend_on_their_batch() {
         let dev = Device::Cpu;
