@@ -269,11 +269,7 @@ impl AttentionPlan {
         let (n, kvh, hd) = (block.len, self.n_kv_head, self.head_dim);
         let group = self.n_head / kvh;
         let total = block.first_position + n;
-        let (k, v) = cache.slot_prefix(layer, block.slot, total)?;
-        let of_head = |t: &Tensor| -> Result<Tensor> {
-            t.narrow(1, head, 1)?.squeeze(1)?.to_dtype(DType::F32) // [total, hd]
-        };
-        let (k, v) = (of_head(&k)?, of_head(&v)?);
+        let (k, v) = cache.slot_head_f32(layer, block.slot, total, head)?; // [total, hd]
         let q = q
             .narrow(0, block.start, n)?
             .reshape((n, kvh, group, hd))?
