@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use super::batch::Segment;
-use super::causal_softmax::CausalSoftmax;
 use super::cpu_attention::{CpuAttention, DecodeRow};
+use super::prompt_attention::PromptInputs;
 use super::{ModelConfig, SlotKvCache};
 
 /// Prompt positions are attended in blocks aligned to multiples of this.
@@ -24,7 +24,7 @@ pub struct AttentionPlan {
     n_kv_head: usize,
     head_dim: usize,
     /// Blocks of more than one row (or every block off the CPU), with their causal masks
-    /// (none on the CPU, where [`CausalSoftmax`] masks as it goes).
+    /// (none on the CPU, where the softmax masks as it goes).
     tensor_blocks: Vec<(Segment, Option<Tensor>)>,
     use_cpu: bool,
     /// Single rows attended by the CPU kernel, and their row indices in the step.
@@ -233,55 +233,41 @@ impl AttentionPlan {
         q: &Tensor,
         cache: &SlotKvCache,
     ) -> Result<Vec<(usize, Tensor)>> {
-        let kvh = self.n_kv_head;
+        let (kvh, hd) = (self.n_kv_head, self.head_dim);
+        let (keys, values) = cache.layer(layer);
+        let q = q.contiguous()?;
+        let (q_storage, q_layout) = q.storage_and_layout();
+        let (k_storage, k_layout) = keys.storage_and_layout();
+        let (v_storage, v_layout) = values.storage_and_layout();
+        let inputs = PromptInputs {
+            q: cpu_slice(&q_storage, q_layout, "attention: queries")?,
+            keys: cpu_slice(&k_storage, k_layout, "attention: keys")?,
+            values: cpu_slice(&v_storage, v_layout, "attention: values")?,
+            ctx: cache.ctx(),
+            n_head: self.n_head,
+            n_kv_head: kvh,
+            head_dim: hd,
+        };
         let tasks = self.tensor_blocks.len() * kvh;
-        let results: Vec<Mutex<Option<Result<Tensor>>>> =
-            (0..tasks).map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Vec<f32>>> = (0..tasks).map(|_| Mutex::new(Vec::new())).collect();
         super::team::for_each(tasks, |i| {
             let (block, _) = &self.tensor_blocks[i / kvh];
-            let head = self.block_head(layer, block, i % kvh, q, cache);
-            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+            let head = inputs.block_head(block, i % kvh);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = head;
         });
-        let mut heads = results.into_iter().map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every task ran")
-        });
+        let mut heads = results
+            .into_iter()
+            .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()));
+        let device = q.device();
         self.tensor_blocks
             .iter()
             .map(|(block, _)| {
-                let per_head = heads.by_ref().take(kvh).collect::<Result<Vec<_>>>()?;
-                let out = self.heads_to_rows(&Tensor::stack(&per_head, 0)?, block.len)?;
-                Ok((block.start, out))
+                let per_head: Vec<f32> = heads.by_ref().take(kvh).flatten().collect();
+                let group = self.n_head / kvh;
+                let t = Tensor::from_vec(per_head, (kvh, block.len * group, hd), device)?;
+                Ok((block.start, self.heads_to_rows(&t, block.len)?))
             })
             .collect()
-    }
-
-    /// One block's query heads of K/V head `head` over its slot (CPU): `[n * group, hd]`.
-    fn block_head(
-        &self,
-        layer: usize,
-        block: &Segment,
-        head: usize,
-        q: &Tensor,
-        cache: &SlotKvCache,
-    ) -> Result<Tensor> {
-        let (n, kvh, hd) = (block.len, self.n_kv_head, self.head_dim);
-        let group = self.n_head / kvh;
-        let total = block.first_position + n;
-        let (k, v) = cache.slot_head_f32(layer, block.slot, total, head)?; // [total, hd]
-        let q = q
-            .narrow(0, block.start, n)?
-            .reshape((n, kvh, group, hd))?
-            .narrow(1, head, 1)?
-            .contiguous()?
-            .reshape((n * group, hd))?;
-        let probs = q.matmul(&k.t()?)?.apply_op1_no_bwd(&CausalSoftmax {
-            scale: 1.0 / (hd as f32).sqrt(),
-            first_position: block.first_position,
-            group,
-        })?;
-        probs.matmul(&v)
     }
 
     /// One block's queries over its slot with tensor ops (GPU kernels, or the CPU when the
@@ -370,6 +356,18 @@ fn causal_mask(block: &Segment, group: usize, dev: &Device) -> Result<Option<Ten
         }
     }
     Tensor::from_vec(mask, (block.len * group, total), dev).map(Some)
+}
+
+/// A CPU tensor's contiguous values (`what` names it in the error).
+fn cpu_slice<'a, T: candle_core::WithDType>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    match storage {
+        candle_core::Storage::Cpu(s) => super::cpu_storage::contiguous::<T>(s, layout, what),
+        _ => candle_core::bail!("{what}: not on the CPU"),
+    }
 }
 
 #[cfg(test)]

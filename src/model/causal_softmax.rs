@@ -7,49 +7,8 @@
 //! comes out 0. A row's values depend only on its own scores, so they are the same in every
 //! batch.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
-
-use super::cpu_storage::contiguous;
-
-/// The block's shape: where its rows start and how many query heads share a key head.
-pub struct CausalSoftmax {
-    pub scale: f32,
-    pub first_position: usize,
-    pub group: usize,
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "docanalyze-causal-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let scores = contiguous::<f32>(s, l, "causal softmax: scores")?;
-        let dims = l.shape().dims();
-        let (Some(&total), Some(&rows)) = (dims.last(), dims.iter().rev().nth(1)) else {
-            candle_core::bail!("causal softmax: scores {dims:?} need two dimensions");
-        };
-        if total == 0 || rows % self.group != 0 || self.first_position + rows / self.group > total {
-            candle_core::bail!(
-                "causal softmax: {rows} rows of {total} keys do not fit a block at {}",
-                self.first_position
-            );
-        }
-        let mut out = scores.to_vec();
-        let n_rows = out.len() / total;
-        let out_ptr = super::team::SharedOut(out.as_mut_ptr());
-        super::team::for_each(n_rows, |r| {
-            let visible = self.first_position + (r % rows) / self.group + 1;
-            // SAFETY: task r alone writes row r, inside `out`.
-            let row = unsafe { out_ptr.slice(r * total, total) };
-            softmax_row(row, visible, self.scale);
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-}
-
 /// `row[..visible]` ← softmax(scale · row[..visible]); `row[visible..]` ← 0.
-fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
+pub fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
     let (seen, hidden) = row.split_at_mut(visible);
     hidden.fill(0.0);
     #[cfg(target_arch = "x86_64")]

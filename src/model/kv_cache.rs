@@ -1,10 +1,7 @@
 //! The slot KV cache: one preallocated buffer per layer for all K slots, written in place.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
-use half::f16;
-use half::slice::HalfFloatSliceExt;
+use candle_core::{DType, Device, Result, Tensor};
 
-use super::cpu_storage::contiguous;
 use super::SlotId;
 
 /// Element type of the cache: f16, llama.cpp's default. At long contexts decode attention
@@ -82,20 +79,6 @@ impl SlotKvCache {
         Ok((k, v))
     }
 
-    /// Head `head`'s keys and values at positions `0..len` of `slot`, as f32 `[len, head_dim]`
-    /// each, in one pass per buffer (CPU caches; prompt attention's gemms read them).
-    pub fn slot_head_f32(
-        &self,
-        layer: usize,
-        slot: SlotId,
-        len: usize,
-        head: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let (k, v) = self.slot_prefix(layer, slot, len)?;
-        let op = HeadToF32 { head };
-        Ok((k.apply_op1_no_bwd(&op)?, v.apply_op1_no_bwd(&op)?))
-    }
-
     /// The whole key and value buffers of `layer`.
     pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         (&self.keys[layer], &self.values[layer])
@@ -104,33 +87,5 @@ impl SlotKvCache {
     /// The cache row of `slot` at `position`.
     pub fn row_index(&self, slot: SlotId, position: usize) -> u32 {
         (slot.0 * self.ctx + position) as u32
-    }
-}
-
-/// One head of an f16 `[len, heads, head_dim]` prefix as f32 `[len, head_dim]` (the `half`
-/// crate's slice conversion: F16C where the CPU has it). candle's `to_dtype` on the strided
-/// head view converted one value at a time, ~4% of a long document's prefill.
-struct HeadToF32 {
-    head: usize,
-}
-
-impl CustomOp1 for HeadToF32 {
-    fn name(&self) -> &'static str {
-        "docanalyze-kv-head-to-f32"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let values = contiguous::<f16>(storage, layout, "kv head: cache")?;
-        let &[len, heads, hd] = layout.dims() else {
-            candle_core::bail!("kv head: expected [len, heads, head_dim], got {layout:?}");
-        };
-        if self.head >= heads {
-            candle_core::bail!("kv head: head {} of {heads}", self.head);
-        }
-        let mut out = vec![0f32; len * hd];
-        for (p, row) in out.chunks_exact_mut(hd).enumerate() {
-            values[(p * heads + self.head) * hd..][..hd].convert_to_f32_slice(row);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((len, hd))))
     }
 }

@@ -13,6 +13,7 @@ mod gguf;
 mod kv_cache;
 mod linear;
 mod llama;
+mod prompt_attention;
 mod swiglu;
 pub mod synthetic;
 mod team;

@@ -1,0 +1,117 @@
+//! Attention of a block of prompt rows on the CPU, one K/V head at a time: scores `Q·Kᵀ`, the
+//! scaled causal softmax in place, then `P·V`.
+//!
+//! Each (block, K/V head) is already a task of the forward pass's team, so the two products
+//! run single-threaded on the `gemm` crate (candle's own matmul would split them again over
+//! rayon, whose jobs the busy team answers slowly), on slices read straight from the step's
+//! queries and the f16 cache: no tensor copies, transposes or mask. A row's values depend only
+//! on its own block's shapes, so they are the same in every batch.
+
+use gemm::{gemm, Parallelism};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use super::batch::Segment;
+use super::causal_softmax::softmax_row;
+
+/// What the blocks of one layer read.
+pub struct PromptInputs<'a> {
+    /// The step's rotated queries, `[rows, n_head * head_dim]`.
+    pub q: &'a [f32],
+    /// The layer's caches, `[slots * ctx, n_kv_head * head_dim]`.
+    pub keys: &'a [f16],
+    pub values: &'a [f16],
+    pub ctx: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+}
+
+impl PromptInputs<'_> {
+    /// The block's query heads of K/V head `head` over its slot's positions
+    /// `0..first_position + len`: `[len * group, head_dim]`, row `i * group + h`.
+    pub fn block_head(&self, block: &Segment, head: usize) -> Vec<f32> {
+        let (kvh, hd) = (self.n_kv_head, self.head_dim);
+        let group = self.n_head / kvh;
+        let (n, total) = (block.len, block.first_position + block.len);
+        let m = n * group;
+        // This head group's queries, row by row.
+        let width = self.n_head * hd;
+        let mut q = Vec::with_capacity(m * hd);
+        for i in 0..n {
+            let row = &self.q[(block.start + i) * width..][..width];
+            q.extend_from_slice(&row[head * group * hd..][..group * hd]);
+        }
+        // The head's keys and values of the slot's prefix, as f32.
+        let first = block.slot.0 * self.ctx;
+        let of_head = |cache: &[f16]| {
+            let mut out = vec![0f32; total * hd];
+            for (p, row) in out.chunks_exact_mut(hd).enumerate() {
+                cache[((first + p) * kvh + head) * hd..][..hd].convert_to_f32_slice(row);
+            }
+            out
+        };
+        let (k, v) = (of_head(self.keys), of_head(self.values));
+        let mut scores = vec![0f32; m * total];
+        // SAFETY: scores is m × total (row stride total), q is m × hd (row stride hd), and Kᵀ
+        // reads k (total × hd) with row stride 1 and column stride hd.
+        unsafe {
+            product(
+                m,
+                total,
+                hd,
+                &mut scores,
+                (&q, hd as isize, 1),
+                (&k, 1, hd as isize),
+            )
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (r, row) in scores.chunks_exact_mut(total).enumerate() {
+            softmax_row(row, block.first_position + r / group + 1, scale);
+        }
+        let mut out = vec![0f32; m * hd];
+        // SAFETY: out is m × hd, scores m × total, v total × hd, all row-major.
+        unsafe {
+            let (rs, hd_rs) = (total as isize, hd as isize);
+            product(m, hd, total, &mut out, (&scores, rs, 1), (&v, hd_rs, 1));
+        }
+        out
+    }
+}
+
+/// `dst (m × n, row-major) = lhs (m × k) · rhs (k × n)`, each operand given as (values, row
+/// stride, column stride), single-threaded.
+///
+/// # Safety
+/// The strides must keep every element of the three matrices inside their slices.
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    (lhs, lhs_rs, lhs_cs): (&[f32], isize, isize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], isize, isize),
+) {
+    debug_assert!(dst.len() >= m * n);
+    gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        false,
+        lhs.as_ptr(),
+        lhs_cs,
+        lhs_rs,
+        rhs.as_ptr(),
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
