@@ -14,15 +14,12 @@ use super::groups::{Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Scales, F16
 /// Registers per group: weights `2r, 2r + 1` of the 8 rows for `r` in `0..REGS`.
 pub const REGS: usize = 16;
 
-/// Weight groups the AVX2 kernels read.
+/// Weight groups the AVX2 kernels read; their scales load as 8 f32 lanes
+/// ([`Avx2Scales`]).
 #[cfg(target_arch = "x86_64")]
-pub trait Avx2Group: Group {
+pub trait Avx2Group: Group<Scales: Avx2Scales> {
     /// Registers per 32-byte load.
     const PER_LOAD: usize;
-    /// Whether registers `REGS / 2..` (weights 16..32) have scales of their own (`d_hi`).
-    const SPLIT_SCALE: bool;
-    /// Whether the rows have offsets (`m`); when false `m` is zero.
-    const HAS_OFFSET: bool;
 
     /// Bytes `32l..32l + 32` of the group's weights.
     ///
@@ -36,29 +33,13 @@ pub trait Avx2Group: Group {
     /// # Safety
     /// The CPU must support AVX2.
     unsafe fn extract(v: __m256i, s: usize) -> __m256i;
-
-    /// Scales of the 8 rows (weights 0..16, or all 32 unless [`Self::SPLIT_SCALE`]).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and F16C.
-    unsafe fn d(&self) -> __m256;
-
-    /// Scales of weights 16..32.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and F16C.
-    unsafe fn d_hi(&self) -> __m256;
-
-    /// Offsets of the 8 rows (zero without).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and F16C.
-    unsafe fn m(&self) -> __m256;
 }
 
 /// AVX2 loads of a group's scales and offsets, as 8 f32 lanes (one per row).
 #[cfg(target_arch = "x86_64")]
 pub trait Avx2Scales: Scales {
+    /// Scales of the 8 rows (weights 0..16, or all 32 unless [`Scales::SPLIT`]).
+    ///
     /// # Safety
     /// The CPU must support AVX2 and F16C.
     unsafe fn d(&self) -> __m256;
@@ -143,8 +124,6 @@ impl Avx2Scales for F32Split {
 #[cfg(target_arch = "x86_64")]
 impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
     const PER_LOAD: usize = 4;
-    const SPLIT_SCALE: bool = S::SPLIT;
-    const HAS_OFFSET: bool = S::OFFSET;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -163,31 +142,11 @@ impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
             _ => _mm256_srli_epi16::<12>(v),
         }
     }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn d(&self) -> __m256 {
-        self.scales.d()
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn d_hi(&self) -> __m256 {
-        self.scales.d_hi()
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn m(&self) -> __m256 {
-        self.scales.m()
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Bytes8<SIGNED, S> {
     const PER_LOAD: usize = 2;
-    const SPLIT_SCALE: bool = S::SPLIT;
-    const HAS_OFFSET: bool = S::OFFSET;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -204,24 +163,6 @@ impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Bytes8<SIGNED, S> {
             (_, true) => _mm256_srai_epi16::<8>(v),
             (_, false) => _mm256_srli_epi16::<8>(v),
         }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn d(&self) -> __m256 {
-        self.scales.d()
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn d_hi(&self) -> __m256 {
-        self.scales.d_hi()
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn m(&self) -> __m256 {
-        self.scales.m()
     }
 }
 

@@ -15,8 +15,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum, Avx2Group, REGS};
+use super::avx2::{hsum, Avx2Group, Avx2Scales, REGS};
 use super::blocks::QK;
+use super::groups::Scales;
 
 /// Largest 16-bit activation: `x ≈ d · q` with `|q| <= Q_MAX`.
 const Q_MAX: f32 = 32767.0;
@@ -127,7 +128,7 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
                 for s in 0..G::PER_LOAD {
                     let w = G::extract(v, s);
                     let r = l * G::PER_LOAD + s;
-                    let half = usize::from(G::SPLIT_SCALE && r >= REGS / 2);
+                    let half = usize::from(G::Scales::SPLIT && r >= REGS / 2);
                     for (t, isum) in isum.iter_mut().enumerate() {
                         let pair = q.add(t * cols + b * QK + 2 * r) as *const i32;
                         let a = _mm256_set1_epi32(pair.read_unaligned());
@@ -135,16 +136,17 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
                     }
                 }
             }
-            let (dw, dw_hi, m) = (group.d(), group.d_hi(), group.m());
+            let scales = group.scales();
+            let (dw, dw_hi, m) = (scales.d(), scales.d_hi(), scales.m());
             for (t, acc) in acc.iter_mut().enumerate() {
                 let da = _mm256_set1_ps(*d.add(t * nb + b));
                 let ints = _mm256_cvtepi32_ps(isum[t][0]);
                 *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
-                if G::SPLIT_SCALE {
+                if G::Scales::SPLIT {
                     let ints = _mm256_cvtepi32_ps(isum[t][1]);
                     *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw_hi, da), *acc);
                 }
-                if G::HAS_OFFSET {
+                if G::Scales::OFFSET {
                     let xs = _mm256_set1_ps(*sum.add(t * nb + b));
                     *acc = _mm256_fmadd_ps(m, xs, *acc);
                 }

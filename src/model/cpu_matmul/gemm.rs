@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx2::{Avx2Group, REGS};
+use super::avx2::{Avx2Group, Avx2Scales, REGS};
 use super::blocks::QK;
 use super::groups::{Group, ROWS};
 use super::{Kernel, SharedOut};
@@ -104,16 +104,13 @@ pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], nb: usize, panel: &mu
     let p = panel.as_mut_ptr();
     for (g, row) in groups.chunks_exact(nb).enumerate() {
         for (b, group) in row.iter().enumerate() {
-            let m = group.m();
+            let scales = group.scales();
+            let (d_lo, d_hi, m) = (scales.d(), scales.d_hi(), scales.m());
             for l in 0..REGS / G::PER_LOAD {
                 let v = group.load(l);
                 for s in 0..G::PER_LOAD {
                     let r = l * G::PER_LOAD + s;
-                    let d = if r < REGS / 2 {
-                        group.d()
-                    } else {
-                        group.d_hi()
-                    };
+                    let d = if r < REGS / 2 { d_lo } else { d_hi };
                     let w = G::extract(v, s);
                     // Weight 2r (the low 16 bits, sign-extended) and 2r + 1 (the high ones).
                     let even = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(w));

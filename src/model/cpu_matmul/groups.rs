@@ -23,21 +23,22 @@ pub const ROWS: usize = 8;
 
 /// One block of 32 weights of 8 rows.
 pub trait Group: Copy + Send + Sync + Debug + 'static {
+    /// The type of the 8 rows' scales and offsets.
+    type Scales: Scales;
     /// All rows zero.
     const ZERO: Self;
     /// Sets row `j`: weight `k` is `d[k / 16] · q[k] + m`.
     fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32);
     /// The integer weight `k` of row `j`.
     fn int(&self, j: usize, k: usize) -> i32;
-    /// The scale of weight `k` of row `j`.
-    fn scale(&self, j: usize, k: usize) -> f32;
-    /// The offset of row `j`.
-    fn offset(&self, j: usize) -> f32;
+    /// The 8 rows' scales and offsets.
+    fn scales(&self) -> &Self::Scales;
 
     /// Row `j`'s 32 weights as f32: `q · d + m`, one FMA each (the AVX2 paths compute the
     /// same).
     fn dequantize_row(&self, j: usize) -> [f32; QK] {
-        std::array::from_fn(|k| (self.int(j, k) as f32).mul_add(self.scale(j, k), self.offset(j)))
+        let s = self.scales();
+        std::array::from_fn(|k| (self.int(j, k) as f32).mul_add(s.scale(j, k), s.offset(j)))
     }
 }
 
@@ -229,6 +230,7 @@ fn nibble_at(j: usize, k: usize) -> (usize, u32) {
 }
 
 impl<S: Scales> Group for Nibbles8<S> {
+    type Scales = S;
     const ZERO: Self = Self {
         qs: [0; 128],
         scales: S::ZERO,
@@ -248,12 +250,8 @@ impl<S: Scales> Group for Nibbles8<S> {
         i32::from((self.qs[byte] >> shift) & 0x0F)
     }
 
-    fn scale(&self, j: usize, k: usize) -> f32 {
-        self.scales.scale(j, k)
-    }
-
-    fn offset(&self, j: usize) -> f32 {
-        self.scales.offset(j)
+    fn scales(&self) -> &S {
+        &self.scales
     }
 }
 
@@ -276,6 +274,7 @@ fn byte_at(j: usize, k: usize) -> usize {
 }
 
 impl<const SIGNED: bool, S: Scales> Group for Bytes8<SIGNED, S> {
+    type Scales = S;
     const ZERO: Self = Self {
         qs: [0; 256],
         scales: S::ZERO,
@@ -302,11 +301,7 @@ impl<const SIGNED: bool, S: Scales> Group for Bytes8<SIGNED, S> {
         }
     }
 
-    fn scale(&self, j: usize, k: usize) -> f32 {
-        self.scales.scale(j, k)
-    }
-
-    fn offset(&self, j: usize) -> f32 {
-        self.scales.offset(j)
+    fn scales(&self) -> &S {
+        &self.scales
     }
 }
