@@ -199,25 +199,15 @@ fn decode_rows_agree_with_f32_prompt_rows() {
     );
     l.model.forward(&prefill, &f32_cache).unwrap();
     l.model.forward(&prefill, &decode_cache).unwrap();
+    let logits = |step: BatchStep, cache| -> Vec<f32> {
+        let out = l.model.forward(&step, cache).unwrap();
+        out.flatten_all().unwrap().to_vec1().unwrap()
+    };
     let mut worst = 0f32;
     for (i, &token) in EIFFEL_ANSWER.iter().enumerate() {
         let position = prompt.len() + i;
-        let exact: Vec<f32> = l
-            .model
-            .forward(&step(token, position, true), &f32_cache)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let decoded: Vec<f32> = l
-            .model
-            .forward(&step(token, position, false), &decode_cache)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let exact = logits(step(token, position, true), &f32_cache);
+        let decoded = logits(step(token, position, false), &decode_cache);
         let diff = exact
             .iter()
             .zip(&decoded)

@@ -2,10 +2,9 @@
 //! pass per row on the CPU (candle's path scales, adds a mask and exponentiates with scalar
 //! `expf` in three passes: a third of a long prompt's time went there).
 //!
-//! Scores are `[kv_heads, rows * group, total]`: row `i * group + h` is query head `h` of the
-//! block's row `i`, at position `first + i`, and sees keys `0..=first + i`; the rest of the row
-//! comes out 0. A row's values depend only on its own scores, so they are the same in every
-//! batch.
+//! A row of scores is one query head of one prompt row, which sees the keys up to its own
+//! position ([`super::prompt_attention`] passes how many); the rest of the row comes out 0. A
+//! row's values depend only on its own scores, so they are the same in every batch.
 
 /// `row[..visible]` ← softmax(scale · row[..visible]); `row[visible..]` ← 0.
 pub fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
