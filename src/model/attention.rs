@@ -5,14 +5,13 @@
 //! a row's attention is computed with the same shapes however its prompt was chunked into
 //! steps: batched and sequential runs give the same bits.
 
-use std::sync::Mutex;
-
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use super::batch::Segment;
 use super::cpu_attention::{CpuAttention, DecodeRow};
 use super::prompt_attention::PromptInputs;
+use super::team::SharedOut;
 use super::{ModelConfig, SlotKvCache};
 
 /// Prompt positions are attended in blocks aligned to multiples of this.
@@ -248,23 +247,25 @@ impl AttentionPlan {
             n_kv_head: kvh,
             head_dim: hd,
         };
-        let tasks = self.tensor_blocks.len() * kvh;
-        let results: Vec<Mutex<Vec<f32>>> = (0..tasks).map(|_| Mutex::new(Vec::new())).collect();
-        super::team::for_each(tasks, |i| {
-            let (block, _) = &self.tensor_blocks[i / kvh];
-            let head = inputs.block_head(block, i % kvh);
-            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = head;
+        // Each block's heads side by side, `[kvh, rows * group, hd]`, one slice per task.
+        let per_head = |block: &Segment| block.len * (self.n_head / kvh) * hd;
+        let mut outs: Vec<Vec<f32>> = (self.tensor_blocks.iter())
+            .map(|(block, _)| vec![0f32; kvh * per_head(block)])
+            .collect();
+        let ptrs: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        super::team::for_each(self.tensor_blocks.len() * kvh, |i| {
+            let ((block, _), head) = (&self.tensor_blocks[i / kvh], i % kvh);
+            let len = per_head(block);
+            // SAFETY: task i alone writes head `head` of its block's buffer.
+            let out = unsafe { ptrs[i / kvh].slice(head * len, len) };
+            inputs.block_head(block, head, out);
         });
-        let mut heads = results
-            .into_iter()
-            .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()));
         let device = q.device();
         self.tensor_blocks
             .iter()
-            .map(|(block, _)| {
-                let per_head: Vec<f32> = heads.by_ref().take(kvh).flatten().collect();
-                let group = self.n_head / kvh;
-                let t = Tensor::from_vec(per_head, (kvh, block.len * group, hd), device)?;
+            .zip(outs)
+            .map(|((block, _), out)| {
+                let t = Tensor::from_vec(out, (kvh, per_head(block) / hd, hd), device)?;
                 Ok((block.start, self.heads_to_rows(&t, block.len)?))
             })
             .collect()

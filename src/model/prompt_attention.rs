@@ -29,8 +29,8 @@ pub struct PromptInputs<'a> {
 
 impl PromptInputs<'_> {
     /// The block's query heads of K/V head `head` over its slot's positions
-    /// `0..first_position + len`: `[len * group, head_dim]`, row `i * group + h`.
-    pub fn block_head(&self, block: &Segment, head: usize) -> Vec<f32> {
+    /// `0..first_position + len`, into `out`: `[len * group, head_dim]`, row `i * group + h`.
+    pub fn block_head(&self, block: &Segment, head: usize, out: &mut [f32]) {
         let (kvh, hd) = (self.n_kv_head, self.head_dim);
         let group = self.n_head / kvh;
         let (n, total) = (block.len, block.first_position + block.len);
@@ -69,13 +69,12 @@ impl PromptInputs<'_> {
         for (r, row) in scores.chunks_exact_mut(total).enumerate() {
             softmax_row(row, block.first_position + r / group + 1, scale);
         }
-        let mut out = vec![0f32; m * hd];
+        assert_eq!(out.len(), m * hd, "prompt attention: output of {m} rows");
         // SAFETY: out is m × hd, scores m × total, v total × hd, all row-major.
         unsafe {
             let (rs, hd_rs) = (total as isize, hd as isize);
-            product(m, hd, total, &mut out, (&scores, rs, 1), (&v, hd_rs, 1));
+            product(m, hd, total, out, (&scores, rs, 1), (&v, hd_rs, 1));
         }
-        out
     }
 }
 
