@@ -10,18 +10,21 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::bench::{measure, BenchJobs, BenchReport};
-use crate::cli::{BenchArgs, Cli, Command, InfoArgs, RunArgs};
+use crate::byte_size::ByteSize;
+use crate::cli::{BenchArgs, Cli, Command, ExtractTextArgs, InfoArgs, RunArgs};
 use crate::config::{BenchConfig, InfoConfig, JobsConfig, RunConfig};
 use crate::device::device_name;
 use crate::engine::{Engine, EngineConfig};
 use crate::info::ModelInfo;
-use crate::input::{count_documents, documents, Document};
+use crate::input::{
+    count_documents, documents, extract_worker_main, Document, Extractor, TextKind,
+};
 use crate::loaded_model::LoadedModel;
 use crate::output::{open_sink, sink, Sink};
 use crate::panic_guard::catch_quietly;
 use crate::pipeline::{run_documents_with, JobSettings, RunControl, RunSummary};
 use crate::progress::Terminal;
-use crate::prompt::PromptBuilder;
+use crate::prompt::{PromptBuilder, PromptError};
 use crate::report::{ReportInputs, RunReport};
 use crate::resume::{CompletedJobs, ExistingOutput};
 use crate::signals::StopRequest;
@@ -37,7 +40,21 @@ pub fn run(cli: Cli, terminal: &Terminal) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_command(&args, terminal),
         Command::Bench(args) => bench_command(&args, terminal),
         Command::Info(args) => info_command(&args),
+        Command::ExtractText(args) => extract_text_command(&args),
     }
+}
+
+/// The child process that extracts one file's text under limits (see `input::Extractor`).
+fn extract_text_command(args: &ExtractTextArgs) -> anyhow::Result<ExitCode> {
+    let kind = TextKind::from_name(&args.kind)
+        .with_context(|| format!("unknown document kind `{}`", args.kind))?;
+    Ok(extract_worker_main(
+        &args.path,
+        kind,
+        ByteSize(args.max_document_bytes),
+        ByteSize(args.memory),
+        args.cpu_seconds,
+    ))
 }
 
 /// Sizes candle's and our thread pools before any work starts.
@@ -68,7 +85,13 @@ fn prompt_builders(jobs: &JobsConfig, loaded: &LoadedModel) -> anyhow::Result<Ve
                 &loaded.tokenizer,
             )
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| match e {
+            PromptError::ChatTemplate { .. } => {
+                anyhow::Error::new(e).context(format!("model {}", loaded.path.display()))
+            }
+            other => other.into(),
+        })?;
     Ok(builders)
 }
 
@@ -87,7 +110,8 @@ fn job_documents(
     jobs: &JobsConfig,
     skipped: Rc<Cell<usize>>,
 ) -> Box<dyn Iterator<Item = Document>> {
-    let docs = documents(jobs.inputs.clone(), jobs.fields.clone(), skipped);
+    let extractor = Extractor::child_processes(jobs.extract);
+    let docs = documents(jobs.inputs.clone(), jobs.fields.clone(), extractor, skipped);
     match jobs.shard {
         Some(shard) => Box::new(docs.filter(move |d| shard.contains(&d.id))),
         None => Box::new(docs),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::byte_size::ByteSize;
 use crate::info::MemoryBudget;
 use crate::output::Format;
 use crate::prompt::Overflow;
@@ -58,7 +59,7 @@ impl Cli {
         match &self.command {
             Command::Run(args) => Some(&args.report),
             Command::Bench(args) => Some(&args.report),
-            Command::Info(_) => None,
+            Command::Info(_) | Command::ExtractText(_) => None,
         }
     }
 }
@@ -75,6 +76,9 @@ pub enum Command {
     /// in memory.
     #[command(after_help = INFO_EXIT_CODES)]
     Info(InfoArgs),
+    /// Internal: extract the text of one file under memory and time limits (run by `run`).
+    #[command(hide = true)]
+    ExtractText(ExtractTextArgs),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +168,50 @@ pub struct InputArgs {
     /// N runs with 0/N … N-1/N process every document exactly once.
     #[arg(long, value_name = "I/N", help_heading = "Input")]
     pub shard: Option<Shard>,
+
+    /// Largest document: a file over this size, or a text extracted over it, becomes the
+    /// document's error record instead of being read (K/M/G or KiB/MiB/GiB).
+    #[arg(
+        long,
+        default_value = "64MiB",
+        value_name = "BYTES",
+        help_heading = "Input"
+    )]
+    pub max_document_bytes: ByteSize,
+
+    /// Memory (address space) of the child process that extracts each HTML or PDF file; a
+    /// file that needs more (a decompression bomb) becomes its error record.
+    #[arg(
+        long,
+        default_value = "512MiB",
+        value_name = "BYTES",
+        help_heading = "Input"
+    )]
+    pub extract_memory: ByteSize,
+
+    /// Seconds the extraction of one HTML or PDF file may take before it is stopped and
+    /// becomes the document's error record.
+    #[arg(
+        long,
+        default_value_t = 60,
+        value_name = "SECONDS",
+        help_heading = "Input"
+    )]
+    pub extract_timeout: u64,
+}
+
+/// `extract-text`: the child process that reads one HTML or PDF file under limits (internal).
+#[derive(Debug, Args)]
+pub struct ExtractTextArgs {
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long)]
+    pub max_document_bytes: u64,
+    #[arg(long)]
+    pub memory: u64,
+    #[arg(long)]
+    pub cpu_seconds: u64,
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use crate::cli::{
     BenchArgs, DeviceArg, GenerationArgs, InfoArgs, InputArgs, PromptArgs, RunArgs, SequencesArg,
 };
 use crate::info::MemoryBudget;
-use crate::input::{is_jsonl, InputSpec, JsonlFields, TextKind};
+use crate::input::{is_jsonl, ExtractLimits, InputSpec, JsonlFields, TextKind};
 use crate::model_source::ModelRef;
 use crate::output::Format;
 use crate::prompt::{Overflow, PromptTemplate, PromptVars};
@@ -45,7 +45,12 @@ pub struct JobsConfig {
     pub overflow: Overflow,
     /// Only the documents of this shard.
     pub shard: Option<Shard>,
+    /// Bounds on reading each document.
+    pub extract: ExtractLimits,
 }
+
+/// Below this an extraction child cannot even start (its binary and stack are mapped too).
+const MIN_EXTRACT_MEMORY: u64 = 64 << 20;
 
 /// A validated `run`.
 #[derive(Debug, Clone)]
@@ -230,6 +235,15 @@ fn jobs_config(
     if inputs.iter().filter(|i| **i == InputSpec::Stdin).count() > 1 {
         return err("- (stdin) can be given only once");
     }
+    if input.extract_timeout == 0 {
+        return err("--extract-timeout must be at least 1 second");
+    }
+    if input.extract_memory.0 < MIN_EXTRACT_MEMORY {
+        return err(format!(
+            "--extract-memory {} is too small for the extraction process: give at least 64 MiB",
+            input.extract_memory
+        ));
+    }
     Ok(JobsConfig {
         inputs,
         fields: JsonlFields {
@@ -252,6 +266,11 @@ fn jobs_config(
         },
         overflow: g.overflow,
         shard: input.shard,
+        extract: ExtractLimits {
+            max_document_bytes: input.max_document_bytes,
+            memory: input.extract_memory,
+            timeout: std::time::Duration::from_secs(input.extract_timeout),
+        },
     })
 }
 

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 
+use crate::byte_size::ByteSize;
 use crate::model::{GgufFile, ModelConfig};
 
 /// `--memory-budget`: bytes, or what the system says is available.
@@ -20,36 +21,15 @@ pub enum MemoryBudget {
 impl FromStr for MemoryBudget {
     type Err = String;
 
-    /// `auto`, `123456`, `512M`, `8G`, `1.5GiB` (K/M/G are powers of 1000, KiB/MiB/GiB of 1024).
+    /// `auto`, or a size: `123456`, `512M`, `8G`, `1.5GiB` (see [`ByteSize`]).
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("auto") {
+        if s.trim().eq_ignore_ascii_case("auto") {
             return Ok(Self::Auto);
         }
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "k" | "kb" => 1e3,
-            "m" | "mb" => 1e6,
-            "g" | "gb" => 1e9,
-            "t" | "tb" => 1e12,
-            "kib" => 1024.0,
-            "mib" => 1024.0 * 1024.0,
-            "gib" => 1024.0 * 1024.0 * 1024.0,
-            "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-            other => {
-                return Err(format!(
-                    "unknown unit `{other}` (use K, M, G, KiB, MiB, GiB)"
-                ))
-            }
-        };
-        let value: f64 = number
+        let ByteSize(bytes) = s
             .parse()
-            .map_err(|_| format!("`{s}` is not a number of bytes nor auto"))?;
-        Ok(Self::Bytes((value * scale) as u64))
+            .map_err(|e: String| e.replace("number of bytes", "number of bytes nor auto"))?;
+        Ok(Self::Bytes(bytes))
     }
 }
 

@@ -3,8 +3,10 @@
 
 pub mod app;
 pub mod bench;
+pub mod byte_size;
 pub mod cli;
 pub mod config;
+pub mod control_tokens;
 pub mod device;
 pub mod engine;
 pub mod info;

@@ -1,11 +1,14 @@
 //! Prompts: a task template (`prompts/*.j2` or a file) rendered with the document, wrapped in
 //! the model's chat template, tokenized and cut to fit the context.
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
-use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Template, Value};
 use serde::Serialize;
 
+use crate::control_tokens::ControlTokens;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The task templates shipped in `prompts/`, embedded in the binary.
@@ -22,6 +25,21 @@ pub const BUILTIN_PROMPTS: &[(&str, &str)] = &[
 /// that would have fit, and a multi-megabyte document costs no more than a short one.
 pub const MAX_BYTES_PER_TOKEN: usize = 16;
 
+/// Template instructions one render may execute (minijinja's fuel). Real chat templates take a
+/// few thousand for a conversation; a template that loops for minutes runs out in well under a
+/// second.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// A render may write this many bytes besides [`OUTPUT_BYTES_PER_INPUT_BYTE`] per byte of the
+/// values it was given.
+pub const TEMPLATE_OUTPUT_BASE_BYTES: usize = 1 << 20;
+pub const OUTPUT_BYTES_PER_INPUT_BYTE: usize = 4;
+
+/// What the templates are tried on when a prompt builder is made, so that a template that
+/// cannot render (or blows its bounds) stops the run at once instead of failing every document.
+const PROBE_ID: &str = "probe.txt";
+const PROBE_DOCUMENT: &str = "A short document.\n\nIt has two paragraphs.";
+
 /// Used when a GGUF carries no `tokenizer.chat_template`.
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -33,6 +51,8 @@ pub enum PromptError {
     Syntax { name: String, message: String },
     #[error("prompt `{name}` failed to render: {message}")]
     Render { name: String, message: String },
+    #[error("the chat template (tokenizer.chat_template) cannot be used: {message}")]
+    ChatTemplate { message: String },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error("the prompt of `{name}` needs {needed} tokens but only {available} fit the context ({ctx} positions, {max_tokens} kept for the answer)")]
@@ -162,6 +182,7 @@ pub struct PromptBuilder {
     vars: PromptVars,
     bos_token: String,
     eos_token: String,
+    controls: Arc<ControlTokens>,
 }
 
 impl PromptBuilder {
@@ -173,6 +194,7 @@ impl PromptBuilder {
         tokenizer: &Tokenizer,
     ) -> Result<Self, PromptError> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -189,40 +211,90 @@ impl PromptBuilder {
             .map_err(|e| syntax(&template.name, e))?;
         env.add_template_owned("chat", chat_template.unwrap_or(CHATML_TEMPLATE).to_string())
             .map_err(|e| syntax("tokenizer.chat_template", e))?;
-        Ok(Self {
+        let builder = Self {
             env,
             name: template.name.clone(),
             system,
             vars,
             bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
             eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
-        })
+            controls: tokenizer.control_tokens(),
+        };
+        builder.probe()?;
+        Ok(builder)
+    }
+
+    /// Renders both templates once on a short document: a template that fails, loops or
+    /// floods its output is refused here, once, instead of in every document's record.
+    fn probe(&self) -> Result<(), PromptError> {
+        let user = self.render_task(PROBE_ID, PROBE_DOCUMENT)?;
+        self.render_chat(&user).map_err(|e| match e {
+            PromptError::Render { message, .. } => PromptError::ChatTemplate { message },
+            other => other,
+        })?;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The full prompt text for `document`.
+    /// The full prompt text for `document`, as it reads.
     pub fn render(&self, id: &str, document: &str) -> Result<String, PromptError> {
-        let render_err = |e: JinjaError| PromptError::Render {
-            name: self.name.clone(),
-            message: format!("{e:#}"),
+        Ok(self
+            .controls
+            .unescape(&self.render_escaped(id, document)?)
+            .into_owned())
+    }
+
+    /// Token ids of the prompt for `document`: control tokens only where the templates wrote
+    /// them, the document, id, labels, fields and system message read as text.
+    pub fn tokens(
+        &self,
+        tokenizer: &Tokenizer,
+        id: &str,
+        document: &str,
+    ) -> Result<Vec<u32>, PromptError> {
+        Ok(tokenizer.encode_prompt(&self.render_escaped(id, document)?)?)
+    }
+
+    /// The prompt text with every value from the data escaped (see [`crate::control_tokens`]).
+    fn render_escaped(&self, id: &str, document: &str) -> Result<String, PromptError> {
+        let user = self.render_task(id, document)?;
+        self.render_chat(&user)
+    }
+
+    /// The task template's text (the user message), values escaped.
+    fn render_task(&self, id: &str, document: &str) -> Result<String, PromptError> {
+        let esc = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|s| self.controls.escape(s).into_owned())
+                .collect()
         };
-        let user = self
+        let (labels, fields) = (esc(&self.vars.labels), esc(&self.vars.fields));
+        let input_bytes = document.len() + id.len() + labels.concat().len() + fields.concat().len();
+        let template = self
             .env
             .get_template("task")
-            .and_then(|t| {
-                t.render(context! {
-                    document => document,
-                    id => id,
-                    labels => &self.vars.labels,
-                    fields => &self.vars.fields,
-                })
-            })
-            .map_err(render_err)?;
+            .map_err(|e| self.render_err(e))?;
+        render_bounded(
+            &template,
+            context! {
+                document => self.controls.escape(document),
+                id => self.controls.escape(id),
+                labels => labels,
+                fields => fields,
+            },
+            input_bytes,
+        )
+        .map_err(|e| self.render_err(e))
+    }
+
+    /// The chat template around the user message `user` (escaped) and the system message.
+    fn render_chat(&self, user: &str) -> Result<String, PromptError> {
+        let system = self.system.as_deref().map(|s| self.controls.escape(s));
         let mut messages = Vec::new();
-        if let Some(system) = &self.system {
+        if let Some(system) = &system {
             messages.push(Message {
                 role: "system",
                 content: system,
@@ -232,17 +304,29 @@ impl PromptBuilder {
             role: "user",
             content: user.trim_end(),
         });
-        self.env
+        let input_bytes = user.len() + system.as_ref().map_or(0, |s| s.len());
+        let template = self
+            .env
             .get_template("chat")
-            .and_then(|t| {
-                t.render(context! {
-                    messages => messages,
-                    add_generation_prompt => true,
-                    bos_token => &self.bos_token,
-                    eos_token => &self.eos_token,
-                })
-            })
-            .map_err(render_err)
+            .map_err(|e| self.render_err(e))?;
+        render_bounded(
+            &template,
+            context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            input_bytes,
+        )
+        .map_err(|e| self.render_err(e))
+    }
+
+    fn render_err(&self, e: JinjaError) -> PromptError {
+        PromptError::Render {
+            name: self.name.clone(),
+            message: format!("{e:#}"),
+        }
     }
 
     /// Tokens of the prompt for `document`, the document cut so that the prompt plus
@@ -273,7 +357,7 @@ impl PromptBuilder {
     ) -> Result<BuiltPrompt, PromptError> {
         let available = ctx.saturating_sub(max_tokens.min(ctx / 2)).max(1);
         let (head, precut) = cut_to_bytes(document, ctx.saturating_mul(MAX_BYTES_PER_TOKEN));
-        let tokens = tokenizer.encode(&self.render(id, head)?)?;
+        let tokens = self.tokens(tokenizer, id, head)?;
         if tokens.len() <= available && !precut {
             return Ok(BuiltPrompt {
                 tokens,
@@ -290,7 +374,7 @@ impl PromptBuilder {
             } else {
                 // The head fits: only the whole document can say whether it does too (rare:
                 // it takes a text of unusually long tokens).
-                let all = tokenizer.encode(&self.render(id, document)?)?;
+                let all = self.tokens(tokenizer, id, document)?;
                 if all.len() <= available {
                     return Ok(BuiltPrompt {
                         tokens: all,
@@ -315,7 +399,7 @@ impl PromptBuilder {
             });
         }
         // Too long: keep the start of the document, as much as fits around the template.
-        let overhead = tokenizer.encode(&self.render(id, "")?)?.len();
+        let overhead = self.tokens(tokenizer, id, "")?.len();
         let too_long = |needed| PromptError::TooLong {
             name: self.name.clone(),
             needed,
@@ -331,7 +415,7 @@ impl PromptBuilder {
         // Re-tokenizing cut text can merge differently; shrink until it fits.
         loop {
             let cut = tokenizer.decode(&doc_tokens[..keep])?;
-            let tokens = tokenizer.encode(&self.render(id, &cut)?)?;
+            let tokens = self.tokens(tokenizer, id, &cut)?;
             if tokens.len() <= available {
                 return Ok(BuiltPrompt {
                     tokens,
@@ -343,6 +427,62 @@ impl PromptBuilder {
             }
             keep = keep.saturating_sub((tokens.len() - available).max(8));
         }
+    }
+}
+
+/// Renders `template` within its fuel and an output of at most
+/// [`TEMPLATE_OUTPUT_BASE_BYTES`] + [`OUTPUT_BYTES_PER_INPUT_BYTE`] × `input_bytes` bytes.
+fn render_bounded(
+    template: &Template,
+    ctx: Value,
+    input_bytes: usize,
+) -> Result<String, JinjaError> {
+    let limit = TEMPLATE_OUTPUT_BASE_BYTES
+        .saturating_add(input_bytes.saturating_mul(OUTPUT_BYTES_PER_INPUT_BYTE));
+    let mut out = BoundedOutput {
+        bytes: Vec::new(),
+        limit,
+        exceeded: false,
+    };
+    match template.render_captured_to(ctx, &mut out) {
+        Ok(_) => {}
+        Err(_) if out.exceeded => {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("its output exceeds the limit of {limit} bytes"),
+            ))
+        }
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+            return Err(JinjaError::new(
+                ErrorKind::OutOfFuel,
+                format!("it runs longer than the limit of {TEMPLATE_FUEL} template instructions"),
+            ))
+        }
+        Err(e) => return Err(e),
+    }
+    String::from_utf8(out.bytes)
+        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// A render's output, refusing to grow past `limit` bytes.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

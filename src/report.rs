@@ -66,6 +66,8 @@ pub struct RunReport {
     pub kv_bytes_per_sequence: usize,
     pub kv_bytes_total: usize,
     pub peak_rss_bytes: u64,
+    /// Peak resident memory of the largest child process (HTML/PDF extraction); 0 if none.
+    pub extract_peak_rss_bytes: u64,
 }
 
 /// What the report is made of besides the engine's counters.
@@ -126,6 +128,7 @@ impl RunReport {
             kv_bytes_per_sequence: inputs.kv_bytes_total / inputs.sequences.max(1),
             kv_bytes_total: inputs.kv_bytes_total,
             peak_rss_bytes: peak_rss_bytes(),
+            extract_peak_rss_bytes: children_peak_rss_bytes(),
         }
     }
 
@@ -210,6 +213,23 @@ pub fn peak_rss_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident memory of the largest waited-for child process (0 where unknown).
+#[cfg(unix)]
+pub fn children_peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0;
+    }
+    // Kilobytes on Linux.
+    (usage.ru_maxrss.max(0) as u64) * 1024
+}
+
+#[cfg(not(unix))]
+pub fn children_peak_rss_bytes() -> u64 {
+    0
 }
 
 #[cfg(test)]

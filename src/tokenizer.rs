@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -12,6 +13,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use crate::control_tokens::{ControlTokens, Piece};
 use crate::model::{GgufFile, ModelError};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub enum TokenizerError {
 /// Text ↔ token ids for one model.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token strings read as text (data).
+    plain: tokenizers::Tokenizer,
+    controls: Arc<ControlTokens>,
     eog_ids: HashSet<u32>,
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
@@ -97,8 +102,20 @@ impl Tokenizer {
                 eog_ids.insert(id as u32);
             }
         }
+        let special_tokens = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content));
+        let mut sorted: Vec<(u32, String)> = special_tokens.collect();
+        sorted.sort_unstable();
+        let controls = ControlTokens::new(sorted).map_err(build_err)?;
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
         Ok(Self {
             inner,
+            plain,
+            controls: Arc::new(controls),
             eog_ids,
             bos,
             eos,
@@ -194,7 +211,11 @@ impl Tokenizer {
             .inner
             .encode(text, false)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        let mut ids = enc.get_ids().to_vec();
+        Ok(self.with_bos(enc.get_ids().to_vec()))
+    }
+
+    /// `ids` with a BOS in front when the model asks for one and they do not start with it.
+    fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
         if self.add_bos {
             if let Some((bos, _)) = &self.bos {
                 if ids.first() != Some(bos) {
@@ -202,16 +223,36 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(ids)
+        ids
     }
 
-    /// Token ids of plain text, no BOS (used to measure and cut documents).
+    /// Token ids of a prompt rendered from templates and escaped data (see
+    /// [`crate::control_tokens`]): control strings written by the templates become control
+    /// tokens, those that came from data are text. BOS as in [`Tokenizer::encode`].
+    pub fn encode_prompt(&self, rendered: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        for piece in self.controls.split(rendered) {
+            match piece {
+                Piece::Control(id) => ids.push(id),
+                Piece::Text(text) => ids.extend_from_slice(&self.encode_plain(&text)?),
+            }
+        }
+        Ok(self.with_bos(ids))
+    }
+
+    /// Token ids of plain text, no BOS, special-token strings read as text (used to measure
+    /// and cut documents).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self
-            .inner
+            .plain
             .encode(text, false)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The control tokens (chat markup) only templates may write.
+    pub fn control_tokens(&self) -> Arc<ControlTokens> {
+        self.controls.clone()
     }
 
     /// Text of `ids`, special tokens dropped.

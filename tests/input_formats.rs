@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use docanalyze::input::{count_documents, documents, Document, InputSpec, JsonlFields};
+use docanalyze::input::{
+    count_documents, documents, Document, ExtractLimits, Extractor, InputSpec, JsonlFields,
+};
 
 const SAMPLE_DOCS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/docs");
 
@@ -19,7 +21,8 @@ const PAGE_HTML: &str = "<!DOCTYPE html><html><head><title>The page</title>\
 /// Reads every document of `specs`, returning them with the skipped-files count.
 fn read_all(specs: Vec<InputSpec>) -> (Vec<Document>, usize) {
     let skipped = Rc::new(Cell::new(0));
-    let docs = documents(specs, JsonlFields::default(), skipped.clone()).collect();
+    let extractor = Extractor::in_process(ExtractLimits::default());
+    let docs = documents(specs, JsonlFields::default(), extractor, skipped.clone()).collect();
     (docs, skipped.get())
 }
 

@@ -1,6 +1,7 @@
 //! Document sources: directories, single files, JSONL files and stdin. A document that cannot
 //! be read still becomes a [`Document`], carrying the error, so it yields its own record.
 
+mod extract;
 mod html;
 mod jsonl;
 mod pdf;
@@ -11,9 +12,10 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+pub use extract::{worker_main as extract_worker_main, ExtractLimits, Extractor};
 pub use html::html_to_text;
 pub use jsonl::{count_jsonl_documents, JsonlReader, MAX_LINE_BYTES};
-pub use text::{read_text_file, TextKind};
+pub use text::TextKind;
 pub use walk::{walk_dir, WalkEntry};
 
 /// One input document.
@@ -114,6 +116,7 @@ pub fn is_jsonl(path: &Path) -> bool {
 pub fn documents(
     specs: Vec<InputSpec>,
     fields: JsonlFields,
+    extractor: Extractor,
     skipped: Rc<Cell<usize>>,
 ) -> impl Iterator<Item = Document> {
     specs
@@ -128,11 +131,18 @@ pub fn documents(
                 InputSpec::Jsonl(path) => Box::new(open_jsonl(path, fields.clone())),
                 InputSpec::File(path) => {
                     let id = path.display().to_string();
-                    Box::new(planned_documents(plan_file(path), id, &fields, &skipped))
+                    Box::new(planned_documents(
+                        plan_file(path),
+                        id,
+                        &fields,
+                        &extractor,
+                        &skipped,
+                    ))
                 }
                 InputSpec::Dir(root) => {
                     let skipped = skipped.clone();
                     let fields = fields.clone();
+                    let extractor = extractor.clone();
                     Box::new(plan_dir(&root).flat_map(move |planned| {
                         let id = planned
                             .path()
@@ -140,7 +150,7 @@ pub fn documents(
                             .unwrap_or(planned.path())
                             .display()
                             .to_string();
-                        planned_documents(planned, id, &fields, &skipped)
+                        planned_documents(planned, id, &fields, &extractor, &skipped)
                     }))
                 }
             }
@@ -217,13 +227,14 @@ fn planned_documents(
     planned: Planned,
     id: String,
     fields: &JsonlFields,
+    extractor: &Extractor,
     skipped: &Rc<Cell<usize>>,
 ) -> Box<dyn Iterator<Item = Document>> {
     match planned {
         Planned::Text(path, kind) => Box::new(std::iter::once(Document {
             id,
             source: path.display().to_string(),
-            text: read_text_file(&path, kind),
+            text: extractor.read(&path, kind),
         })),
         Planned::Jsonl(path) => Box::new(open_jsonl(path, fields.clone())),
         Planned::Unsupported(path) => {
@@ -287,7 +298,9 @@ mod tests {
         let skipped = Rc::new(Cell::new(0));
         let specs = vec![InputSpec::Dir(root.to_path_buf())];
         let counted = count_documents(&specs);
-        let docs: Vec<_> = documents(specs, JsonlFields::default(), skipped.clone()).collect();
+        let extractor = Extractor::in_process(ExtractLimits::default());
+        let docs: Vec<_> =
+            documents(specs, JsonlFields::default(), extractor, skipped.clone()).collect();
         assert_eq!(skipped.get(), 1);
         assert_eq!(counted, Some(1));
         assert_eq!(docs.len(), 1);

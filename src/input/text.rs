@@ -31,10 +31,28 @@ impl TextKind {
     }
 }
 
-/// The text of a file; errors are messages naming the file.
+impl TextKind {
+    /// The name the extraction child is told (`extract-text --kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Html => "html",
+            Self::Pdf => "pdf",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Plain, Self::Html, Self::Pdf]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+/// The text of a file, read in this process with no bound of its own (see
+/// [`super::Extractor`] for the bounded way); errors are messages naming the file.
 ///
 /// An empty or whitespace-only text is `Ok`: the pipeline turns it into its own error record.
-pub fn read_text_file(path: &Path, kind: TextKind) -> Result<String, String> {
+pub fn extract_in_process(path: &Path, kind: TextKind) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     match kind {
         TextKind::Plain => decode_text(path, &bytes),

@@ -68,6 +68,11 @@ pub struct SyntheticSpec {
     pub weight_scale: f32,
     pub rope_freq_base: f32,
     pub rms_eps: f32,
+    /// `tokenizer.chat_template` ([`CHATML_TEMPLATE`] by default).
+    pub chat_template: String,
+    /// More control tokens (other chat templates' markup), given the ids right after
+    /// [`BASE_VOCAB`]; `vocab_size` must leave room for them.
+    pub extra_control_tokens: Vec<String>,
 }
 
 impl SyntheticSpec {
@@ -88,6 +93,8 @@ impl SyntheticSpec {
             weight_scale: 1.0,
             rope_freq_base: 10_000.0,
             rms_eps: 1e-5,
+            chat_template: CHATML_TEMPLATE.to_string(),
+            extra_control_tokens: Vec::new(),
         }
     }
 
@@ -137,10 +144,11 @@ impl SyntheticSpec {
                 ));
             }
         }
-        if self.vocab_size < BASE_VOCAB {
+        let needed = BASE_VOCAB + self.extra_control_tokens.len();
+        if self.vocab_size < needed {
             return Err(bad(
                 "vocab_size",
-                format!("a synthetic vocabulary needs at least {BASE_VOCAB} tokens"),
+                format!("this synthetic vocabulary needs at least {needed} tokens"),
             ));
         }
         Ok(())
@@ -165,7 +173,7 @@ pub fn byte_level_chars() -> [char; 256] {
 }
 
 /// The vocabulary of a synthetic model of `vocab_size` tokens, with each token's type.
-fn vocabulary(vocab_size: usize) -> Vec<(String, i32)> {
+fn vocabulary(vocab_size: usize, extra_controls: &[String]) -> Vec<(String, i32)> {
     let mut tokens: Vec<(String, i32)> = byte_level_chars()
         .iter()
         .map(|c| (c.to_string(), TOKEN_TYPE_NORMAL))
@@ -179,6 +187,11 @@ fn vocabulary(vocab_size: usize) -> Vec<(String, i32)> {
         MERGES
             .iter()
             .map(|(a, b)| (format!("{a}{b}"), TOKEN_TYPE_NORMAL)),
+    );
+    tokens.extend(
+        extra_controls
+            .iter()
+            .map(|t| (t.clone(), TOKEN_TYPE_CONTROL)),
     );
     let pad = vocab_size.saturating_sub(tokens.len());
     tokens.extend((0..pad).map(|i| (format!("<|unused_{i}|>"), TOKEN_TYPE_UNUSED)));
@@ -222,7 +235,7 @@ fn u32_value(n: usize) -> Value {
 }
 
 fn metadata(spec: &SyntheticSpec) -> Vec<(&'static str, Value)> {
-    let vocab = vocabulary(spec.vocab_size);
+    let vocab = vocabulary(spec.vocab_size, &spec.extra_control_tokens);
     let merges = MERGES
         .iter()
         .map(|(a, b)| Value::String(format!("{a} {b}")))
@@ -265,7 +278,7 @@ fn metadata(spec: &SyntheticSpec) -> Vec<(&'static str, Value)> {
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
         (
             "tokenizer.chat_template",
-            Value::String(CHATML_TEMPLATE.into()),
+            Value::String(spec.chat_template.clone()),
         ),
     ]
 }
@@ -340,7 +353,7 @@ mod tests {
 
     #[test]
     fn vocabulary_puts_specials_after_the_bytes() {
-        let vocab = vocabulary(BASE_VOCAB + 2);
+        let vocab = vocabulary(BASE_VOCAB + 2, &[]);
         assert_eq!(vocab.len(), BASE_VOCAB + 2);
         assert_eq!(vocab[ENDOFTEXT_ID as usize].0, "<|endoftext|>");
         assert_eq!(vocab[IM_START_ID as usize].0, "<|im_start|>");
