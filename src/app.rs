@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::bench::{measure, BenchJobs, BenchReport};
 use crate::byte_size::ByteSize;
-use crate::cli::{BenchArgs, Cli, Command, ExtractTextArgs, InfoArgs, RunArgs};
+use crate::cli::{BenchArgs, Cli, Command, ExtractTextArgs, InfoArgs, MergeArgs, RunArgs};
 use crate::config::{BenchConfig, InfoConfig, JobsConfig, RunConfig};
 use crate::device::device_name;
 use crate::engine::{Engine, EngineConfig};
@@ -20,7 +20,9 @@ use crate::input::{
     count_documents, documents, extract_worker_main, Document, Extractor, TextKind,
 };
 use crate::loaded_model::LoadedModel;
-use crate::output::{open_sink, sink, Sink};
+use crate::merge::{merge, MergeConfig};
+use crate::output::lock::OutputLock;
+use crate::output::{open_sink, sink, Format, Sink};
 use crate::panic_guard::catch_quietly;
 use crate::pipeline::{run_documents_with, JobSettings, RunControl, RunSummary};
 use crate::progress::Terminal;
@@ -40,8 +42,34 @@ pub fn run(cli: Cli, terminal: &Terminal) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_command(&args, terminal),
         Command::Bench(args) => bench_command(&args, terminal),
         Command::Info(args) => info_command(&args),
+        Command::Merge(args) => merge_command(&args, terminal),
         Command::ExtractText(args) => extract_text_command(&args),
     }
+}
+
+fn merge_command(args: &MergeArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> {
+    let config = MergeConfig {
+        format: args
+            .format
+            .unwrap_or_else(|| Format::from_path(&args.output.to_string_lossy())),
+        output: args.output.clone(),
+        shards: args.shards.clone(),
+        allow_partial: args.allow_partial,
+        shard_reports: args.shard_reports.clone(),
+        report: args.report.clone(),
+    };
+    let report = merge(&config)?;
+    terminal.eprint(&format!(
+        "docanalyze merge: {} of {} shards, {} records ({} ok, {} failed; {} earlier attempts dropped) -> {}\n",
+        report.shards_merged.len(),
+        report.shards,
+        report.records,
+        report.documents_ok,
+        report.documents_failed,
+        report.records_superseded,
+        config.output.display()
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The child process that extracts one file's text under limits (see `input::Extractor`).
@@ -138,6 +166,11 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
     let config = RunConfig::try_from(args)?;
     let jobs = &config.jobs;
     let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
+    // One writer per output, from the start: a second run on the same file stops here.
+    let mut lock = match config.output.as_str() {
+        "-" => None,
+        path => Some(OutputLock::acquire(Path::new(path))?),
+    };
     // Read before the model loads, so that a file --resume cannot use stops the run at once;
     // written only after, like any output.
     let existing = if config.resume {
@@ -178,6 +211,9 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
     }
     // Opened only now: a failed start never truncates yesterday's results.
     let mut sink = open_output(&config, existing.as_ref(), terminal)?;
+    if let Some(lock) = &mut lock {
+        lock.keep();
+    }
     let completed = existing.as_ref().map(|e| &e.completed);
     if let Some(existing) = &existing {
         tracing::info!(
@@ -227,6 +263,7 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
             wall,
             load: loaded.load_time,
             kv_bytes_total: engine.cache_bytes(),
+            shard: jobs.shard.map(|s| s.to_string()),
         },
         &engine.stats,
         &summary,

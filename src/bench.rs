@@ -81,6 +81,7 @@ pub fn measure(
             wall,
             load: loaded.load_time,
             kv_bytes_total: engine.cache_bytes(),
+            shard: None,
         },
         &engine.stats,
         &summary,

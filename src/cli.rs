@@ -8,7 +8,7 @@ use crate::byte_size::ByteSize;
 use crate::info::MemoryBudget;
 use crate::output::Format;
 use crate::prompt::Overflow;
-use crate::shard::Shard;
+use crate::shard::ShardArg;
 
 /// `--sequences N|auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl Cli {
         match &self.command {
             Command::Run(args) => Some(&args.report),
             Command::Bench(args) => Some(&args.report),
-            Command::Info(_) | Command::ExtractText(_) => None,
+            Command::Info(_) | Command::Merge(_) | Command::ExtractText(_) => None,
         }
     }
 }
@@ -76,6 +76,10 @@ pub enum Command {
     /// in memory.
     #[command(after_help = INFO_EXIT_CODES)]
     Info(InfoArgs),
+    /// Join the outputs of the N shards of a run (`--shard I/N -o results-{shard}.csv`) into one:
+    /// every document × prompt once, the shard reports merged.
+    #[command(after_help = MERGE_EXIT_CODES)]
+    Merge(MergeArgs),
     /// Internal: extract the text of one file under memory and time limits (run by `run`).
     #[command(hide = true)]
     ExtractText(ExtractTextArgs),
@@ -165,9 +169,11 @@ pub struct InputArgs {
     pub id_field: String,
 
     /// Only the documents of shard I of N (I counted from 0), by a stable hash of their id:
-    /// N runs with 0/N … N-1/N process every document exactly once.
-    #[arg(long, value_name = "I/N", help_heading = "Input")]
-    pub shard: Option<Shard>,
+    /// N runs with 0/N … N-1/N process every document exactly once. `auto` reads I/N from a
+    /// Slurm array, Kubernetes Indexed Job, AWS Batch or Google Batch array task (or
+    /// DOCANALYZE_SHARD_INDEX/_COUNT). `{shard}` in -o and --report becomes 00003-of-00016.
+    #[arg(long, value_name = "I/N|auto", help_heading = "Input")]
+    pub shard: Option<ShardArg>,
 
     /// Largest document: a file over this size, or a text extracted over it, becomes the
     /// document's error record instead of being read (K/M/G or KiB/MiB/GiB).
@@ -198,6 +204,41 @@ pub struct InputArgs {
         help_heading = "Input"
     )]
     pub extract_timeout: u64,
+}
+
+const MERGE_EXIT_CODES: &str = "Exit codes:
+  0  merged (with --allow-partial: what was there; the missing shards are logged and in --report)
+  2  refused or failed: a shard missing, foreign (another run, another N, a record of another
+     shard), given twice, still being written, or of another format; OUT not writable. OUT is
+     written to a temporary file beside it and renamed: it is never left half-written.";
+
+/// `merge OUT SHARDS...`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The merged output (CSV or JSONL, as its extension or --format says).
+    #[arg(value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// The shard outputs: files named by `--shard I/N -o NAME-{shard}.EXT` (…-00003-of-00016…).
+    #[arg(required = true, value_name = "SHARD_OUTPUTS")]
+    pub shards: Vec<PathBuf>,
+
+    /// Merge even when some of the N shards are missing (they are listed).
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// Format of OUT and the shard outputs [default: from OUT's extension, else jsonl].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Write the merged report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+
+    /// The shard runs' --report files, whose timings go into the merged report (give it last:
+    /// it takes every file after it).
+    #[arg(long, num_args = 1.., value_name = "SHARD_REPORTS")]
+    pub shard_reports: Vec<PathBuf>,
 }
 
 /// `extract-text`: the child process that reads one HTML or PDF file under limits (internal).

@@ -12,7 +12,7 @@ use crate::model_source::ModelRef;
 use crate::output::Format;
 use crate::prompt::{Overflow, PromptTemplate, PromptVars};
 use crate::sampler::SamplingParams;
-use crate::shard::Shard;
+use crate::shard::{Shard, SHARD_PLACEHOLDER};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -51,6 +51,17 @@ pub struct JobsConfig {
 
 /// Below this an extraction child cannot even start (its binary and stack are mapped too).
 const MIN_EXTRACT_MEMORY: u64 = 64 << 20;
+
+/// `path` with `{shard}` expanded; an error when there is no shard to expand it to.
+fn expand_shard(path: &str, flag: &str, shard: Option<Shard>) -> Result<String, ConfigError> {
+    match shard {
+        Some(shard) => Ok(shard.expand(path)),
+        None if path.contains(SHARD_PLACEHOLDER) => err(format!(
+            "{flag} {path} contains {SHARD_PLACEHOLDER} but no --shard is given"
+        )),
+        None => Ok(path.to_string()),
+    }
+}
 
 /// A validated `run`.
 #[derive(Debug, Clone)]
@@ -265,7 +276,11 @@ fn jobs_config(
             seed: g.seed,
         },
         overflow: g.overflow,
-        shard: input.shard,
+        shard: input
+            .shard
+            .map(|s| s.resolve())
+            .transpose()
+            .map_err(ConfigError)?,
         extract: ExtractLimits {
             max_document_bytes: input.max_document_bytes,
             memory: input.extract_memory,
@@ -287,9 +302,16 @@ impl TryFrom<&RunArgs> for RunConfig {
         check_engine(sequences, e.batch_size, e.ctx_size)?;
         let jobs = jobs_config(&args.input, &args.prompt, &args.generation)?;
         let o = &args.output;
-        if o.output != "-" {
-            check_output_folder(Path::new(&o.output))?;
-            check_output_outside_inputs(Path::new(&o.output), &jobs.inputs)?;
+        let output = expand_shard(&o.output, "--output", jobs.shard)?;
+        let report = args
+            .report
+            .report
+            .as_ref()
+            .map(|r| expand_shard(&r.to_string_lossy(), "--report", jobs.shard).map(PathBuf::from))
+            .transpose()?;
+        if output != "-" {
+            check_output_folder(Path::new(&output))?;
+            check_output_outside_inputs(Path::new(&output), &jobs.inputs)?;
         } else if o.resume {
             return err("--resume needs --output FILE: it reads what the earlier run wrote there");
         }
@@ -300,10 +322,10 @@ impl TryFrom<&RunArgs> for RunConfig {
             sequences_auto,
             batch_size: e.batch_size,
             ctx_size: e.ctx_size,
-            format: o.format.unwrap_or_else(|| Format::from_path(&o.output)),
-            output: o.output.clone(),
+            format: o.format.unwrap_or_else(|| Format::from_path(&output)),
+            output,
             resume: o.resume,
-            report: args.report.report.clone(),
+            report,
             quiet: args.report.quiet,
         })
     }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod info;
 pub mod input;
 pub mod loaded_model;
+pub mod merge;
 pub mod model;
 pub mod model_source;
 pub mod output;

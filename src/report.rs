@@ -40,6 +40,8 @@ pub struct RunReport {
     pub batch_size: usize,
     pub ctx_size: usize,
     pub threads: usize,
+    /// The shard this run processed (`I/N`, `--shard auto` resolved), or null.
+    pub shard: Option<String>,
     pub documents_ok: usize,
     pub documents_truncated: usize,
     pub documents_failed: usize,
@@ -82,6 +84,8 @@ pub struct ReportInputs<'a> {
     pub wall: Duration,
     pub load: Duration,
     pub kv_bytes_total: usize,
+    /// `--shard` as resolved (`3/16`), if any.
+    pub shard: Option<String>,
 }
 
 impl RunReport {
@@ -101,6 +105,7 @@ impl RunReport {
             batch_size: inputs.batch_size,
             ctx_size: inputs.ctx_size,
             threads: inputs.threads,
+            shard: inputs.shard,
             documents_ok: summary.ok + summary.truncated,
             documents_truncated: summary.truncated,
             documents_failed: summary.failed,
@@ -265,6 +270,7 @@ mod tests {
                 wall: Duration::from_secs(6),
                 load: Duration::from_secs(1),
                 kv_bytes_total: 2048,
+                shard: None,
             },
             &stats,
             &summary,

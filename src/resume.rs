@@ -7,12 +7,11 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
-use crate::output::{Format, CSV_COLUMNS};
+use crate::output::read::{read_records, ReadError};
+use crate::output::Format;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
@@ -95,21 +94,32 @@ impl ExistingOutput {
             file_len: 0,
             records: 0,
         };
-        let file = match File::open(path) {
-            Ok(f) => f,
+        match std::fs::metadata(path) {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(existing),
             Err(e) => return Err(io_err(e)),
-        };
-        existing.file_len = file.metadata().map_err(io_err)?.len();
-        match format {
-            Format::Jsonl => existing.scan_jsonl(file)?,
-            Format::Csv => {
-                let mut file = file;
-                existing.complete_len = complete_csv_len(BufReader::new(&file)).map_err(io_err)?;
-                file.rewind().map_err(io_err)?;
-                existing.scan_csv(file)?;
-            }
         }
+        let (mut records, mut completed) = (0, CompletedJobs::default());
+        let summary = read_records(path, format, |r, _| {
+            records += 1;
+            completed.insert(&r.id, &r.source, &r.prompt, &r.status);
+        })
+        .map_err(|e| match e {
+            ReadError::Io { path, source } => ResumeError::Io { path, source },
+            ReadError::Foreign {
+                path,
+                format,
+                reason,
+            } => ResumeError::Foreign {
+                path,
+                format,
+                reason,
+            },
+        })?;
+        existing.file_len = summary.file_len;
+        existing.complete_len = summary.complete_len;
+        existing.records = records;
+        existing.completed = completed;
         Ok(existing)
     }
 
@@ -156,120 +166,6 @@ impl ExistingOutput {
             .map_err(io_err)?;
         Ok(file)
     }
-
-    fn foreign(&self, reason: String) -> ResumeError {
-        ResumeError::Foreign {
-            path: self.path.clone(),
-            format: match self.format {
-                Format::Csv => "CSV",
-                Format::Jsonl => "JSONL",
-            },
-            reason,
-        }
-    }
-
-    /// Every newline-terminated line must be a record (blank lines aside); a last line without
-    /// its newline is torn by definition, whatever it holds, since records are written whole.
-    fn scan_jsonl(&mut self, file: File) -> Result<(), ResumeError> {
-        let mut reader = BufReader::new(file);
-        let mut line = Vec::new();
-        let mut offset = 0u64;
-        let mut line_no = 0usize;
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|source| ResumeError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                break;
-            }
-            line_no += 1;
-            offset += n as u64;
-            self.complete_len = offset;
-            if line.trim_ascii().is_empty() {
-                continue;
-            }
-            let key = jsonl_record_key(&line)
-                .ok_or_else(|| self.foreign(format!("line {line_no} is not a record")))?;
-            self.records += 1;
-            self.completed.insert(&key[0], &key[1], &key[2], &key[3]);
-        }
-        Ok(())
-    }
-
-    fn scan_csv(&mut self, file: File) -> Result<(), ResumeError> {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(file.take(self.complete_len));
-        let mut rows = reader.byte_records();
-        match rows.next() {
-            None => return Ok(()),
-            Some(Ok(header)) if header.iter().eq(CSV_COLUMNS.iter().map(|c| c.as_bytes())) => {}
-            Some(_) => {
-                return Err(self.foreign(format!(
-                    "its first line is not the header {}",
-                    CSV_COLUMNS.join(",")
-                )))
-            }
-        }
-        for (i, row) in rows.enumerate() {
-            let bad = || self.foreign(format!("record {} is not a record", i + 1));
-            let row = row.map_err(|_| bad())?;
-            if row.len() != CSV_COLUMNS.len() {
-                return Err(bad());
-            }
-            let field = |k: usize| String::from_utf8_lossy(&row[k]).into_owned();
-            self.records += 1;
-            self.completed
-                .insert(&field(0), &field(1), &field(2), &field(3));
-        }
-        Ok(())
-    }
-}
-
-/// `[id, source, prompt, status]` of a JSONL record.
-fn jsonl_record_key(line: &[u8]) -> Option<[String; 4]> {
-    let value: Value = serde_json::from_slice(line).ok()?;
-    let field = |k: &str| value.get(k)?.as_str().map(str::to_string);
-    Some([
-        field("id")?,
-        field("source")?,
-        field("prompt")?,
-        field("status")?,
-    ])
-}
-
-/// The length of the CSV text up to the end of its last complete record: the byte after the
-/// last newline that is outside quotes. (RFC 4180: a quote inside a quoted field is doubled,
-/// so counting quotes tells whether a newline is inside one.)
-fn complete_csv_len(mut reader: impl BufRead) -> io::Result<u64> {
-    let mut in_quotes = false;
-    let mut offset = 0u64;
-    let mut complete = 0u64;
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            return Ok(complete);
-        }
-        for (i, &b) in chunk.iter().enumerate() {
-            match b {
-                b'"' => in_quotes = !in_quotes,
-                b'\n' if !in_quotes => complete = offset + i as u64 + 1,
-                _ => {}
-            }
-        }
-        let n = chunk.len();
-        offset += n as u64;
-        reader.consume(n);
-    }
 }
 
 #[cfg(test)]
@@ -285,23 +181,6 @@ mod tests {
 
     const HEADER: &str =
         "id,source,prompt,status,output,stop_reason,prompt_tokens,generated_tokens,latency_ms,error\n";
-
-    #[test]
-    fn csv_quotes_hide_newlines() {
-        let text = "a,\"x\ny\",b\nc,\"d";
-        assert_eq!(
-            complete_csv_len(text.as_bytes()).expect("in memory"),
-            "a,\"x\ny\",b\n".len() as u64
-        );
-        assert_eq!(
-            complete_csv_len("a,\"\"\"\"\n".as_bytes()).expect("in memory"),
-            7
-        );
-        assert_eq!(
-            complete_csv_len("a,\"x\n".as_bytes()).expect("in memory"),
-            0
-        );
-    }
 
     #[test]
     fn csv_records_are_keyed_and_a_torn_one_is_found() {

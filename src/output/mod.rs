@@ -2,6 +2,8 @@
 
 mod csv_sink;
 mod jsonl_sink;
+pub mod lock;
+pub mod read;
 mod record;
 
 use std::fs::File;
