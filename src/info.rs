@@ -41,6 +41,9 @@ pub struct ModelInfo {
     pub architecture: String,
     /// Tensors per storage type (`Q4_1`, `F32`, …).
     pub tensor_types: BTreeMap<String, usize>,
+    /// Which CPU matmul serves the weight matrices of each type (`batched kernel`, `candle
+    /// gemm`, or candle's slow row-by-row path).
+    pub matmul_paths: BTreeMap<String, String>,
     pub context_length: usize,
     pub layers: usize,
     pub heads: usize,
@@ -84,6 +87,7 @@ impl ModelInfo {
             None => config.context_length.min(4096),
         };
         let (tensor_types, weights_bytes) = tensor_census(&gguf);
+        let matmul_paths = matmul_paths(&gguf);
         check_tensor_data_present(&gguf)?;
         let kv_bytes_per_token = config.kv_bytes_per_token();
         let kv_bytes_per_sequence = (ctx * kv_bytes_per_token) as u64;
@@ -105,6 +109,7 @@ impl ModelInfo {
             name: config.name.clone(),
             architecture: config.architecture.clone(),
             tensor_types,
+            matmul_paths,
             context_length: config.context_length,
             layers: config.n_layer,
             heads: config.n_head,
@@ -133,6 +138,12 @@ impl ModelInfo {
             .map(|(t, n)| format!("{t} × {n}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let paths = self
+            .matmul_paths
+            .iter()
+            .map(|(t, p)| format!("{t}: {p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let budget = match self.memory_budget_bytes {
             Some(b) => format!("{} ({})", bytes(b), self.memory_budget_source),
             None => "unknown (no MemAvailable; pass --memory-budget)".to_string(),
@@ -147,6 +158,7 @@ impl ModelInfo {
             ("name", self.name.clone()),
             ("architecture", self.architecture.clone()),
             ("tensor types", types),
+            ("CPU matmul", paths),
             ("context length", self.context_length.to_string()),
             ("layers", self.layers.to_string()),
             ("heads", self.heads.to_string()),
@@ -197,6 +209,22 @@ fn tensor_census(gguf: &GgufFile) -> (BTreeMap<String, usize>, u64) {
         total += (elements / dtype.block_size() * dtype.type_size()) as u64;
     }
     (types, total)
+}
+
+/// The matmul path of each type of weight matrix (2-D tensors).
+fn matmul_paths(gguf: &GgufFile) -> BTreeMap<String, String> {
+    gguf.content
+        .tensor_infos
+        .values()
+        .filter(|info| info.shape.rank() == 2)
+        .map(|info| {
+            let dtype = info.ggml_dtype;
+            (
+                dtype_name(dtype).to_string(),
+                crate::model::cpu_matmul_path(dtype).to_string(),
+            )
+        })
+        .collect()
 }
 
 /// The header is all `info` reads, but a file cut short (an interrupted download) must not be

@@ -15,7 +15,9 @@ use docanalyze::prompt::{PromptBuilder, PromptTemplate, PromptVars};
 use docanalyze::sampler::{argmax, SamplingParams};
 use docanalyze::tokenizer::Tokenizer;
 
-const TOLERANCE: f32 = 1e-4;
+/// Decode rows multiply 16-bit activations, prompt rows f32 ones: the same token's logits as a
+/// decode row and as a prompt row differ by that rounding (up to 1.1e-4 measured, Q5_0).
+const TOLERANCE: f32 = 2e-4;
 /// F32 weights go through candle's gemm, whose f32 sums depend on how many rows share the
 /// call; the f16 K/V cache turns those last-bit differences into f16 steps (3e-4 measured).
 /// The quantized types run on the project's kernels, where a row never depends on its batch.
@@ -49,13 +51,15 @@ fn tiny() -> Fixture {
     load(&SyntheticSpec::tiny())
 }
 
-/// The tiny model once per matrix type: those of the project's CPU kernel (Q8_0, Q4_1, Q4_0)
-/// and one left to candle (F32).
+/// The tiny model once per matrix type: those of the project's CPU kernel with blocks of 32
+/// (Q8_0, Q4_1, Q4_0, Q5_0, Q5_1) and one left to candle (F32).
 fn tiny_per_dtype() -> impl Iterator<Item = (GgmlDType, Fixture)> {
     [
         GgmlDType::Q8_0,
         GgmlDType::Q4_1,
         GgmlDType::Q4_0,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
         GgmlDType::F32,
     ]
     .into_iter()
@@ -187,14 +191,23 @@ fn synthetic_variants_load_and_run() {
         assert!(logits.iter().flatten().all(|l| l.is_finite()), "{dtype:?}");
     }
     // K-quants need rows of 256.
-    let spec = SyntheticSpec {
-        n_embd: 256,
-        n_ff: 512,
-        dtype: GgmlDType::Q4K,
-        ..SyntheticSpec::tiny()
-    };
-    let fx = load(&spec);
-    assert_eq!(reference_logits(&fx.model, &prompt(2, 3), 4).len(), 2);
+    for dtype in [
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
+        let spec = SyntheticSpec {
+            n_embd: 256,
+            n_ff: 512,
+            dtype,
+            ..SyntheticSpec::tiny()
+        };
+        let fx = load(&spec);
+        let logits = reference_logits(&fx.model, &prompt(2, 3), 4);
+        assert_eq!(logits.len(), 2, "{dtype:?}");
+        assert!(logits.iter().flatten().all(|l| l.is_finite()), "{dtype:?}");
+    }
 }
 
 #[test]

@@ -1,14 +1,40 @@
 //! A weight matrix applied to a stack of activation rows, `y = x · Wᵀ (+ b)`.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 
-use super::cpu_matmul::{CpuQMatMul, CpuQMatMulGroup};
+use super::cpu_matmul::{CpuQMatMul, CpuQMatMulGroup, KERNEL_TYPES};
+
+/// Which matmul serves a matrix of `dtype` on the CPU, in words (`info`, warnings).
+pub fn cpu_matmul_path(dtype: GgmlDType) -> &'static str {
+    if KERNEL_TYPES.contains(&dtype) {
+        "batched kernel"
+    } else if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        "candle gemm"
+    } else {
+        "candle, row by row (slow)"
+    }
+}
+
+/// Says once per type that candle's row-by-row matmul serves quantized weights of `dtype`.
+fn warn_slow_path(dtype: GgmlDType) {
+    static WARNED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let name = format!("{dtype:?}");
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.get_or_insert_with(HashSet::new).insert(name.clone()) {
+        tracing::warn!(
+            "{name} weights are not on the batched CPU kernel: candle multiplies them row by row, several times slower"
+        );
+    }
+}
 
 /// Which matmul serves a weight.
 #[derive(Debug, Clone)]
 enum Backend {
-    /// The project's batched CPU kernel (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K).
+    /// The project's batched CPU kernel (the types of [`KERNEL_TYPES`]).
     Cpu(CpuQMatMul),
     /// candle's `QMatMul`: other types, and GPUs.
     Candle(QMatMul),
@@ -35,6 +61,11 @@ impl Linear {
             Device::Cpu if own_kernel_enabled() => CpuQMatMul::from_qtensor(&weight)?,
             _ => None,
         };
+        let dtype = weight.dtype();
+        let slow = cpu_matmul_path(dtype).ends_with("(slow)");
+        if own.is_none() && weight.device().is_cpu() && own_kernel_enabled() && slow {
+            warn_slow_path(dtype);
+        }
         let backend = match own {
             Some(k) => Backend::Cpu(k),
             None => Backend::Candle(QMatMul::from_qtensor(weight)?),

@@ -24,7 +24,7 @@ pub use batch::{BatchRow, BatchStep, SlotId};
 pub use config::ModelConfig;
 pub use gguf::GgufFile;
 pub use kv_cache::SlotKvCache;
-pub use linear::Linear;
+pub use linear::{cpu_matmul_path, Linear};
 pub use llama::Llama;
 
 /// Everything that can go wrong while loading or running the model.

@@ -1,6 +1,7 @@
 //! Weight blocks of 32, decoded from GGUF bytes once at load time: Q4_0, Q4_1 and Q8_0 as they
-//! are, and the 256-weight super-blocks of Q4_K, Q5_K and Q6_K split exactly into blocks of 32
-//! (a Q4_K sub-block is a Q4_1 block with its scale and min multiplied out).
+//! are, Q5_0 and Q5_1 with their fifth bits joined to the nibbles, and the 256-weight
+//! super-blocks of Q3_K, Q4_K, Q5_K and Q6_K split exactly into blocks of 32 (a Q4_K sub-block
+//! is a Q4_1 block with its scale and min multiplied out).
 
 use half::f16;
 
@@ -117,6 +118,64 @@ impl FileBlock for BlockQ8_0 {
     }
 }
 
+/// Weight `k` of a Q5_0/Q5_1 block: its nibble (as Q4_0's) and bit `k` of `qh` as bit 4.
+fn five_bits(qs: &[u8; 16], qh: u32, k: usize) -> u8 {
+    nibble(qs, k) as u8 | (((qh >> k) & 1) << 4) as u8
+}
+
+fn qs16(b: &[u8]) -> [u8; 16] {
+    let mut qs = [0u8; 16];
+    qs.copy_from_slice(&b[..16]);
+    qs
+}
+
+/// Q5_0 (`d: f16; qh: u32; qs: [u8; 16]`, `w = d * (q - 16)`, q in 0..32), held as a Q8_0
+/// block with q − 16 in −16..16.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockQ5_0(pub BlockQ8_0);
+
+impl IntBlock for BlockQ5_0 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        self.0.ints()
+    }
+}
+
+impl FileBlock for BlockQ5_0 {
+    const BYTES: usize = 22;
+    fn read(b: &[u8]) -> Self {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = qs16(&b[6..22]);
+        Self(BlockQ8_0 {
+            d: f16_at(b, 0),
+            qs: std::array::from_fn(|k| five_bits(&qs, qh, k) as i8 - 16),
+        })
+    }
+}
+
+/// Q5_1 (`d, m: f16; qh: u32; qs: [u8; 16]`, `w = d * q + m`, q in 0..32), held as a Q5_K
+/// sub-block.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockQ5_1(pub BlockQ5);
+
+impl IntBlock for BlockQ5_1 {
+    fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
+        self.0.ints()
+    }
+}
+
+impl FileBlock for BlockQ5_1 {
+    const BYTES: usize = 24;
+    fn read(b: &[u8]) -> Self {
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let qs = qs16(&b[8..24]);
+        Self(BlockQ5 {
+            d: f16_at(b, 0),
+            m: f16_at(b, 2),
+            qs: std::array::from_fn(|k| five_bits(&qs, qh, k)),
+        })
+    }
+}
+
 /// `w = d * q + m`, q in 0..32 (Q5_K sub-blocks), one byte per weight.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockQ5 {
@@ -157,7 +216,8 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Bytes of a Q4_K, Q5_K and Q6_K super-block.
+/// Bytes of a Q3_K, Q4_K, Q5_K and Q6_K super-block.
+pub const Q3_K_BYTES: usize = 110;
 pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
@@ -204,6 +264,36 @@ pub fn q5_k_blocks(b: &[u8]) -> [BlockQ5; 8] {
                     src[l] >> 4
                 };
                 low | (((qh[l] >> j) & 1) << 4)
+            }),
+        }
+    })
+}
+
+/// A Q3_K super-block (`hmask: [u8; 32]; qs: [u8; 64]; scales: [u8; 12]; d: f16`) as 8 blocks:
+/// weight `i` is `d·(sc[i / 16] − 32) · (q − 4)` with 3-bit `q` (two bits in `qs`, the third in
+/// `hmask`) and 6-bit scales (ggml's `dequantize_row_q3_K`).
+pub fn q3_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
+    let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = f16_at(b, 108);
+    // 16 scales of 6 bits: low 4 bits from bytes 0..8, high 2 bits from bytes 8..12.
+    let scale = |i: usize| -> f32 {
+        let low = if i < 8 {
+            packed[i] & 0x0F
+        } else {
+            packed[i - 8] >> 4
+        };
+        let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+        f32::from((low | (high << 4)) as i8 - 32)
+    };
+    // Block j = 4h + s: bits 2s..2s+2 of qs[32h..32h+32], high bit j of hmask[0..32].
+    std::array::from_fn(|j| {
+        let (h, shift) = (j / 4, 2 * (j % 4));
+        BlockQ6 {
+            d: [d * scale(2 * j), d * scale(2 * j + 1)],
+            qs: std::array::from_fn(|l| {
+                let low = ((qs[h * 32 + l] >> shift) & 3) as i8;
+                let high = if hmask[l] & (1 << j) != 0 { 0 } else { 4 };
+                low - high
             }),
         }
     })

@@ -39,7 +39,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::cpu_storage::contiguous;
 use super::team::SharedOut;
-use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, FileBlock, IntBlock, QK, QK_K};
+use blocks::{
+    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, IntBlock, QK, QK_K,
+};
 use groups::{interleave, Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, F16D, ROWS};
 
 pub use avx2::available as avx2_available;
@@ -68,13 +70,51 @@ impl<G: Group> Kernel for G {}
 enum Packed {
     /// Q4_0 and Q4_1.
     Q4(Vec<Nibbles8<F16Dm>>),
+    /// Q8_0, and Q5_0 (its 5-bit weights as signed bytes).
     Q8_0(Vec<Bytes8<true, F16D>>),
+    /// Q5_1: 5-bit weights as unsigned bytes, f16 scale and offset.
+    Q5_1(Vec<Bytes8<false, F16Dm>>),
     /// Q4_K split into Q4_1 blocks.
     Q4K(Vec<Nibbles8<F32Dm>>),
     /// Q5_K split into blocks of 32.
     Q5K(Vec<Bytes8<false, F32Dm>>),
-    /// Q6_K split into blocks of 32.
+    /// Q6_K and Q3_K split into blocks of 32, a scale per 16 weights.
     Q6K(Vec<Bytes8<true, F32Split>>),
+}
+
+/// `$body` with `$g` bound to the groups `$packed` holds, whatever their type.
+macro_rules! with_groups {
+    ($packed:expr, $g:ident => $body:expr) => {
+        match $packed {
+            Packed::Q4($g) => $body,
+            Packed::Q8_0($g) => $body,
+            Packed::Q5_1($g) => $body,
+            Packed::Q4K($g) => $body,
+            Packed::Q5K($g) => $body,
+            Packed::Q6K($g) => $body,
+        }
+    };
+}
+
+/// The GGUF weight types the kernel holds.
+pub const KERNEL_TYPES: [GgmlDType; 9] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Whether `dtype` has super-blocks of 256 weights.
+fn is_k_quant(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
+    )
 }
 
 /// A quantized weight matrix `[out_features, in_features]` in decoded block form.
@@ -110,15 +150,22 @@ impl CpuQMatMul {
             return Ok(None);
         }
         let data = qt.data()?;
-        let k_quant = matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
-        if k_quant && in_features % QK_K != 0 {
+        if is_k_quant(qt.dtype()) && in_features % QK_K != 0 {
             return Ok(None);
         }
         let rows = out_features;
         let packed = match qt.dtype() {
             GgmlDType::Q4_0 => Packed::Q4(decode::<BlockQ4_0, _>(&data, rows)),
             GgmlDType::Q4_1 => Packed::Q4(decode::<BlockQ4_1, _>(&data, rows)),
+            GgmlDType::Q5_0 => Packed::Q8_0(decode::<BlockQ5_0, _>(&data, rows)),
+            GgmlDType::Q5_1 => Packed::Q5_1(decode::<BlockQ5_1, _>(&data, rows)),
             GgmlDType::Q8_0 => Packed::Q8_0(decode::<BlockQ8_0, _>(&data, rows)),
+            GgmlDType::Q3K => Packed::Q6K(decode_k(
+                &data,
+                rows,
+                blocks::Q3_K_BYTES,
+                blocks::q3_k_blocks,
+            )),
             GgmlDType::Q4K => Packed::Q4K(decode_k(
                 &data,
                 rows,
@@ -169,13 +216,7 @@ impl CpuQMatMul {
         stride: usize,
         range: (usize, usize),
     ) {
-        match &*self.packed {
-            Packed::Q4(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q8_0(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q4K(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q5K(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-            Packed::Q6K(w) => self.run_rows(w, x, x16, decode_rows, y, stride, range),
-        }
+        with_groups!(&*self.packed, w => self.run_rows(w, x, x16, decode_rows, y, stride, range))
     }
 
     /// [`Self::run_range`] for weight groups of type `G`: decode rows through the register
@@ -404,18 +445,11 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    const TYPES: [GgmlDType; 6] = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
+    const TYPES: [GgmlDType; 9] = KERNEL_TYPES;
 
     /// Odd output sizes; inputs a multiple of 32, or of 256 for the K-quants.
     fn shapes(dtype: GgmlDType) -> [(usize, usize); 3] {
-        if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
+        if is_k_quant(dtype) {
             [(7, 256), (37, 512), (65, 768)]
         } else {
             [(7, 32), (37, 96), (65, 160)]
@@ -460,13 +494,7 @@ mod tests {
         for dtype in TYPES {
             let k = packed_blocks(dtype);
             let nb = k.in_features / QK;
-            match &*k.packed {
-                Packed::Q4(g) => check(g, nb, dtype),
-                Packed::Q8_0(g) => check(g, nb, dtype),
-                Packed::Q4K(g) => check(g, nb, dtype),
-                Packed::Q5K(g) => check(g, nb, dtype),
-                Packed::Q6K(g) => check(g, nb, dtype),
-            }
+            with_groups!(&*k.packed, g => check(g, nb, dtype))
         }
     }
 
@@ -488,13 +516,7 @@ mod tests {
             let want = candle_weights(&qw);
             let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
             let nb = 512 / QK;
-            let got: Vec<f32> = match &*k.packed {
-                Packed::Q4(g) => rows(g, 9, nb),
-                Packed::Q8_0(g) => rows(g, 9, nb),
-                Packed::Q4K(g) => rows(g, 9, nb),
-                Packed::Q5K(g) => rows(g, 9, nb),
-                Packed::Q6K(g) => rows(g, 9, nb),
-            };
+            let got: Vec<f32> = with_groups!(&*k.packed, g => rows(g, 9, nb));
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 // ggml computes d·q − m with a separate multiply; ours is one FMA.
@@ -582,13 +604,7 @@ mod tests {
         for dtype in TYPES {
             let k = packed_blocks(dtype);
             let (rows, cols) = (k.out_features, k.in_features);
-            match &*k.packed {
-                Packed::Q4(g) => check(g, rows, cols, dtype),
-                Packed::Q8_0(g) => check(g, rows, cols, dtype),
-                Packed::Q4K(g) => check(g, rows, cols, dtype),
-                Packed::Q5K(g) => check(g, rows, cols, dtype),
-                Packed::Q6K(g) => check(g, rows, cols, dtype),
-            }
+            with_groups!(&*k.packed, g => check(g, rows, cols, dtype))
         }
     }
 
