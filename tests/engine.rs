@@ -788,3 +788,23 @@ fn cpu_attention_equals_the_tensor_attention() {
         assert_close(x, y, "cpu vs tensor attention");
     }
 }
+
+/// Llama 3.1/3.2 files carry `rope_freqs.weight`: divisors of the rotary frequencies. All ones
+/// change nothing; real divisors leave position 0 alone (its angles are 0) and change later
+/// positions.
+#[test]
+fn llama3_rope_frequency_factors_are_applied() {
+    let half = SyntheticSpec::tiny().head_dim() / 2;
+    let with = |factors: Option<Vec<f32>>| {
+        let spec = SyntheticSpec {
+            rope_freqs: factors,
+            ..SyntheticSpec::tiny()
+        };
+        reference_logits(&load(&spec).model, &prompt(6, 9), 16)
+    };
+    let plain = with(None);
+    assert_eq!(with(Some(vec![1.0; half])), plain);
+    let scaled = with(Some((0..half).map(|i| 1.0 + 4.0 * i as f32).collect()));
+    assert_eq!(scaled[0], plain[0]);
+    assert!(max_abs_diff(&scaled[5], &plain[5]) > 1e-3);
+}

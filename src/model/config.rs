@@ -15,6 +15,8 @@ pub struct ModelConfig {
     pub n_ff: usize,
     pub context_length: usize,
     pub rope_freq_base: f32,
+    /// `rope.scaling.type` `linear`: positions are divided by this factor (1 without scaling).
+    pub rope_linear_factor: f32,
     pub rms_eps: f32,
     pub vocab_size: usize,
 }
@@ -49,6 +51,7 @@ impl ModelConfig {
         } else {
             10_000.0
         };
+        let rope_linear_factor = rope_linear_factor(gguf, &arch)?;
         let vocab_size = if gguf.has(&key("vocab_size")) {
             gguf.usize(&key("vocab_size"))?
         } else {
@@ -64,6 +67,7 @@ impl ModelConfig {
             n_ff: gguf.usize(&key("feed_forward_length"))?,
             context_length: gguf.usize(&key("context_length"))?,
             rope_freq_base,
+            rope_linear_factor,
             rms_eps: gguf.f32(&key("attention.layer_norm_rms_epsilon"))?,
             vocab_size,
             architecture: arch,
@@ -109,5 +113,37 @@ impl ModelConfig {
             * self.n_kv_head
             * self.head_dim
             * super::kv_cache::KV_DTYPE.size_in_bytes()
+    }
+}
+
+/// The factor of `rope.scaling.type` `linear` (1 for none). Llama 3.1/3.2's own scaling comes
+/// as the `rope_freqs.weight` tensor instead; a scaling this program does not implement (YaRN,
+/// LongRoPE) is refused rather than run subtly wrong.
+fn rope_linear_factor(gguf: &GgufFile, arch: &str) -> Result<f32, ModelError> {
+    let kind_key = format!("{arch}.rope.scaling.type");
+    let factor_key = format!("{arch}.rope.scaling.factor");
+    let kind = if gguf.has(&kind_key) {
+        gguf.string(&kind_key)?
+    } else {
+        "none".to_string()
+    };
+    let factor = if gguf.has(&factor_key) {
+        gguf.f32(&factor_key)?
+    } else {
+        1.0
+    };
+    match kind.as_str() {
+        "none" => Ok(1.0),
+        "linear" if factor.is_finite() && factor > 0.0 => Ok(factor),
+        "linear" => Err(ModelError::BadValue {
+            key: factor_key,
+            path: gguf.path.clone(),
+            message: format!("the linear RoPE scaling factor {factor} must be positive"),
+        }),
+        other => Err(ModelError::BadValue {
+            key: kind_key,
+            path: gguf.path.clone(),
+            message: format!("RoPE scaling `{other}` is not supported (none, linear, and Llama 3's rope_freqs are)"),
+        }),
     }
 }

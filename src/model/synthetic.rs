@@ -73,6 +73,8 @@ pub struct SyntheticSpec {
     /// More control tokens (other chat templates' markup), given the ids right after
     /// [`BASE_VOCAB`]; `vocab_size` must leave room for them.
     pub extra_control_tokens: Vec<String>,
+    /// Llama 3's RoPE frequency divisors (`rope_freqs.weight`, `head_dim / 2` of them).
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl SyntheticSpec {
@@ -95,6 +97,7 @@ impl SyntheticSpec {
             rms_eps: 1e-5,
             chat_template: CHATML_TEMPLATE.to_string(),
             extra_control_tokens: Vec::new(),
+            rope_freqs: None,
         }
     }
 
@@ -309,6 +312,13 @@ fn tensors(spec: &SyntheticSpec) -> Result<Vec<(String, QTensor)>, ModelError> {
         out.push((format!("{p}.ffn_down.weight"), w.matrix(d, ff)?));
     }
     out.push(("output_norm.weight".to_string(), w.norm(d)?));
+    if let Some(factors) = &spec.rope_freqs {
+        let t = Tensor::from_vec(factors.clone(), factors.len(), &Device::Cpu)?;
+        out.push((
+            "rope_freqs.weight".to_string(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
+    }
     if !spec.tied_embeddings {
         out.push(("output.weight".to_string(), w.matrix(spec.vocab_size, d)?));
     }
