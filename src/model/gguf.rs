@@ -115,6 +115,20 @@ impl GgufFile {
             .collect()
     }
 
+    pub fn floats(&self, key: &str) -> Result<Vec<f32>, ModelError> {
+        let arr = self
+            .value(key)?
+            .to_vec()
+            .map_err(|_| self.bad_type(key, "an array"))?;
+        arr.iter()
+            .map(|v| match v {
+                Value::F32(v) => Ok(*v),
+                Value::F64(v) => Ok(*v as f32),
+                _ => Err(self.bad_type(key, "an array of floats")),
+            })
+            .collect()
+    }
+
     pub fn integers(&self, key: &str) -> Result<Vec<i64>, ModelError> {
         let arr = self
             .value(key)?

@@ -1,5 +1,8 @@
-//! The tokenizer, built from GGUF metadata (byte-level BPE vocabulary and merges), or read from
-//! a `tokenizer.json`; plus the ids that end generation.
+//! The tokenizer, built from GGUF metadata (a byte-level BPE vocabulary and merges, or a
+//! SentencePiece vocabulary with scores, see [`spm`]), or read from a `tokenizer.json`; plus the
+//! ids that end generation.
+
+mod spm;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,12 +18,13 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::control_tokens::{ControlTokens, Piece};
 use crate::model::{GgufFile, ModelError};
+use spm::Spm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("unsupported tokenizer `{model}` in {path}: only byte-level BPE (`gpt2`) is built from GGUF metadata; pass --tokenizer tokenizer.json")]
+    #[error("unsupported tokenizer `{model}` in {path}: byte-level BPE (`gpt2`) and SentencePiece (`llama`) vocabularies are built from GGUF metadata; pass --tokenizer tokenizer.json")]
     Unsupported { model: String, path: PathBuf },
     #[error("cannot build the tokenizer of {path}: {message}")]
     Build { path: PathBuf, message: String },
@@ -28,11 +32,21 @@ pub enum TokenizerError {
     Encode(String),
 }
 
+/// How text becomes ids.
+enum Vocabulary {
+    /// The tokenizers crate (byte-level BPE from GGUF, or any `tokenizer.json`).
+    Hf {
+        inner: tokenizers::Tokenizer,
+        /// The same tokenizer with special-token strings read as text (data).
+        plain: tokenizers::Tokenizer,
+    },
+    /// A SentencePiece vocabulary, encoded as llama.cpp does.
+    Spm(Spm),
+}
+
 /// Text ↔ token ids for one model.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-    /// The same tokenizer with special-token strings read as text (data).
-    plain: tokenizers::Tokenizer,
+    vocabulary: Vocabulary,
     controls: Arc<ControlTokens>,
     eog_ids: HashSet<u32>,
     bos: Option<(u32, String)>,
@@ -59,14 +73,20 @@ impl Tokenizer {
             message,
         };
         let tokens = gguf.strings("tokenizer.ggml.tokens")?;
-        let inner = match override_file {
-            Some(file) => {
-                tokenizers::Tokenizer::from_file(file).map_err(|e| TokenizerError::Build {
+        let model = gguf
+            .string("tokenizer.ggml.model")
+            .unwrap_or_else(|_| "gpt2".into());
+        let vocabulary = match override_file {
+            Some(file) => Self::hf(tokenizers::Tokenizer::from_file(file).map_err(|e| {
+                TokenizerError::Build {
                     path: file.to_path_buf(),
                     message: e.to_string(),
-                })?
+                }
+            })?),
+            None if model == "llama" => {
+                Vocabulary::Spm(Self::spm_from_gguf(gguf, &tokens).map_err(build_err)?)
             }
-            None => Self::bpe_from_gguf(gguf, &tokens).map_err(build_err)?,
+            None => Self::hf(Self::bpe_from_gguf(gguf, &tokens).map_err(build_err)?),
         };
         let token_at = |key: &str| -> Option<(u32, String)> {
             let id = gguf.usize(key).ok()?;
@@ -102,25 +122,62 @@ impl Tokenizer {
                 eog_ids.insert(id as u32);
             }
         }
-        let special_tokens = inner
-            .get_added_tokens_decoder()
-            .into_iter()
-            .filter(|(_, t)| t.special)
-            .map(|(id, t)| (id, t.content));
-        let mut sorted: Vec<(u32, String)> = special_tokens.collect();
-        sorted.sort_unstable();
-        let controls = ControlTokens::new(sorted).map_err(build_err)?;
-        let mut plain = inner.clone();
-        plain.set_encode_special_tokens(true);
+        let controls = match &vocabulary {
+            Vocabulary::Hf { inner, .. } => {
+                let mut special: Vec<(u32, String)> = inner
+                    .get_added_tokens_decoder()
+                    .into_iter()
+                    .filter(|(_, t)| t.special)
+                    .map(|(id, t)| (id, t.content))
+                    .collect();
+                special.sort_unstable();
+                special
+            }
+            Vocabulary::Spm(_) => {
+                let types = gguf
+                    .integers("tokenizer.ggml.token_type")
+                    .unwrap_or_default();
+                types
+                    .iter()
+                    .zip(&tokens)
+                    .enumerate()
+                    .filter(|(_, (&t, _))| t == TOKEN_TYPE_CONTROL)
+                    .map(|(i, (_, text))| (i as u32, text.clone()))
+                    .collect()
+            }
+        };
+        let controls = ControlTokens::new(controls).map_err(build_err)?;
         Ok(Self {
-            inner,
-            plain,
+            vocabulary,
             controls: Arc::new(controls),
             eog_ids,
             bos,
             eos,
             add_bos,
         })
+    }
+
+    fn hf(inner: tokenizers::Tokenizer) -> Vocabulary {
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        Vocabulary::Hf { inner, plain }
+    }
+
+    /// A SentencePiece vocabulary: pieces, scores and types; spaces prefixed unless the file
+    /// says `add_space_prefix = false` (Gemma), as llama.cpp does.
+    fn spm_from_gguf(gguf: &GgufFile, tokens: &[String]) -> Result<Spm, String> {
+        let scores = gguf
+            .floats("tokenizer.ggml.scores")
+            .map_err(|e| e.to_string())?;
+        let types = gguf
+            .integers("tokenizer.ggml.token_type")
+            .map_err(|e| e.to_string())?;
+        let unknown = gguf
+            .usize("tokenizer.ggml.unknown_token_id")
+            .ok()
+            .map(|id| id as u32);
+        let add_space_prefix = gguf.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+        Spm::new(tokens.to_vec(), scores, types, unknown, add_space_prefix)
     }
 
     fn bpe_from_gguf(gguf: &GgufFile, tokens: &[String]) -> Result<tokenizers::Tokenizer, String> {
@@ -207,11 +264,15 @@ impl Tokenizer {
     /// Token ids of `text`, special markup included; a BOS is prepended when the model asks
     /// for one and the text does not already start with it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(self.with_bos(enc.get_ids().to_vec()))
+        let ids = match &self.vocabulary {
+            Vocabulary::Hf { inner, .. } => inner
+                .encode(text, false)
+                .map_err(|e| TokenizerError::Encode(e.to_string()))?
+                .get_ids()
+                .to_vec(),
+            Vocabulary::Spm(_) => self.encode_pieces(self.controls.split(text))?,
+        };
+        Ok(self.with_bos(ids))
     }
 
     /// `ids` with a BOS in front when the model asks for one and they do not start with it.
@@ -230,24 +291,48 @@ impl Tokenizer {
     /// [`crate::control_tokens`]): control strings written by the templates become control
     /// tokens, those that came from data are text. BOS as in [`Tokenizer::encode`].
     pub fn encode_prompt(&self, rendered: &str) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.with_bos(self.encode_pieces(self.controls.split(rendered))?))
+    }
+
+    /// Ids of text cut at its control tokens.
+    fn encode_pieces(&self, pieces: Vec<Piece<'_>>) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = Vec::new();
-        for piece in self.controls.split(rendered) {
+        // SentencePiece: the text at the start and after each control token gets the space
+        // prefix (llama.cpp's `is_prev_special`).
+        let mut after_control = true;
+        for piece in pieces {
             match piece {
-                Piece::Control(id) => ids.push(id),
-                Piece::Text(text) => ids.extend_from_slice(&self.encode_plain(&text)?),
+                Piece::Control(id) => {
+                    ids.push(id);
+                    after_control = true;
+                }
+                Piece::Text(text) => {
+                    match &self.vocabulary {
+                        Vocabulary::Hf { .. } => ids.extend(self.encode_plain(&text)?),
+                        Vocabulary::Spm(spm) => spm.encode(&text, after_control, &mut ids),
+                    }
+                    after_control = false;
+                }
             }
         }
-        Ok(self.with_bos(ids))
+        Ok(ids)
     }
 
     /// Token ids of plain text, no BOS, special-token strings read as text (used to measure
     /// and cut documents).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self
-            .plain
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.vocabulary {
+            Vocabulary::Hf { plain, .. } => Ok(plain
+                .encode(text, false)
+                .map_err(|e| TokenizerError::Encode(e.to_string()))?
+                .get_ids()
+                .to_vec()),
+            Vocabulary::Spm(spm) => {
+                let mut ids = Vec::new();
+                spm.encode(text, false, &mut ids);
+                Ok(ids)
+            }
+        }
     }
 
     /// The control tokens (chat markup) only templates may write.
@@ -257,9 +342,12 @@ impl Tokenizer {
 
     /// Text of `ids`, special tokens dropped.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))
+        match &self.vocabulary {
+            Vocabulary::Hf { inner, .. } => inner
+                .decode(ids, true)
+                .map_err(|e| TokenizerError::Encode(e.to_string())),
+            Vocabulary::Spm(spm) => Ok(spm.decode(ids)),
+        }
     }
 
     pub fn is_end_of_generation(&self, id: u32) -> bool {
