@@ -123,6 +123,29 @@ fn prompt_builders(jobs: &JobsConfig, loaded: &LoadedModel) -> anyhow::Result<Ve
     Ok(builders)
 }
 
+/// Each template's shared prompt prefix, for the engine to compute once (`--prefix-cache on`).
+fn shared_prefixes(
+    builders: &[PromptBuilder],
+    loaded: &LoadedModel,
+    on: bool,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    if !on {
+        return Ok(Vec::new());
+    }
+    let prefixes = builders
+        .iter()
+        .map(|b| b.shared_prefix(&loaded.tokenizer))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (b, p) in builders.iter().zip(&prefixes) {
+        tracing::info!(
+            "--prefix-cache: prompt `{}` shares {} tokens",
+            b.name(),
+            p.len()
+        );
+    }
+    Ok(prefixes)
+}
+
 fn job_settings(jobs: &JobsConfig, ctx: usize) -> JobSettings {
     JobSettings {
         ctx,
@@ -202,6 +225,7 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         },
         loaded.tokenizer.end_of_generation_ids(),
     )?;
+    engine.set_prefixes(shared_prefixes(&builders, &loaded, config.prefix_cache)?);
     if let Some(signal) = stop.signal() {
         terminal.eprint(&format!(
             "docanalyze: stopped by {} before the first document; the output was not touched\n",
@@ -309,6 +333,7 @@ fn bench_command(args: &BenchArgs, terminal: &Terminal) -> anyhow::Result<ExitCo
         settings: job_settings(jobs, ctx),
         batch_size: config.batch_size,
         threads: config.model.threads,
+        prefixes: shared_prefixes(&builders, &loaded, config.prefix_cache)?,
     };
     let runs = config
         .sequences

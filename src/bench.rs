@@ -25,6 +25,8 @@ pub struct BenchJobs<'a> {
     pub settings: JobSettings,
     pub batch_size: usize,
     pub threads: usize,
+    /// The templates' shared prompt prefixes (empty with `--prefix-cache off`).
+    pub prefixes: Vec<Vec<u32>>,
 }
 
 /// One K, measured.
@@ -49,6 +51,7 @@ pub fn measure(
         },
         loaded.tokenizer.end_of_generation_ids(),
     )?;
+    engine.set_prefixes(jobs.prefixes.clone());
     let mut buffer = RecordBuffer::default();
     let total = jobs.documents.len() * jobs.builders.len();
     let mut progress = terminal.progress(Some(total), "records", &format!("K={sequences}"));

@@ -10,6 +10,19 @@ use crate::output::Format;
 use crate::prompt::Overflow;
 use crate::shard::ShardArg;
 
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
+
 /// `--sequences N|auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequencesArg {
@@ -325,6 +338,12 @@ pub struct EngineArgs {
     /// Context positions per sequence [default: min(model context, 4096)].
     #[arg(long)]
     pub ctx_size: Option<usize>,
+
+    /// Compute the prompt start every job of a template shares (chat template, instruction,
+    /// labels) once and copy its KV cache rows into each job's slot, instead of prefilling it
+    /// per document. The records are the same either way.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub prefix_cache: Switch,
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +366,12 @@ pub struct BenchEngineArgs {
     /// Context positions per sequence [default: min(model context, 4096)].
     #[arg(long)]
     pub ctx_size: Option<usize>,
+
+    /// Compute the prompt start every job of a template shares (chat template, instruction,
+    /// labels) once and copy its KV cache rows into each job's slot, instead of prefilling it
+    /// per document. The records are the same either way.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub prefix_cache: Switch,
 }
 
 #[derive(Debug, Args)]

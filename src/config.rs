@@ -68,6 +68,8 @@ fn expand_shard(path: &str, flag: &str, shard: Option<Shard>) -> Result<String, 
 pub struct RunConfig {
     pub jobs: JobsConfig,
     pub model: ModelConfig,
+    /// Compute each template's shared prompt prefix once (`--prefix-cache`).
+    pub prefix_cache: bool,
     pub sequences: usize,
     /// `--sequences auto`: `sequences` is the cap, resolved against memory after loading.
     pub sequences_auto: bool,
@@ -89,6 +91,7 @@ pub struct BenchConfig {
     pub model: ModelConfig,
     /// The values of K, in the order given; the first is the speedup baseline.
     pub sequences: Vec<usize>,
+    pub prefix_cache: bool,
     pub batch_size: usize,
     pub ctx_size: Option<usize>,
     pub report: Option<PathBuf>,
@@ -318,6 +321,7 @@ impl TryFrom<&RunArgs> for RunConfig {
         Ok(Self {
             jobs,
             model: model_config(&args.model)?,
+            prefix_cache: e.prefix_cache.is_on(),
             sequences,
             sequences_auto,
             batch_size: e.batch_size,
@@ -348,6 +352,7 @@ impl TryFrom<&BenchArgs> for BenchConfig {
             jobs,
             model: model_config(&args.model)?,
             sequences: e.sequences.clone(),
+            prefix_cache: e.prefix_cache.is_on(),
             batch_size: e.batch_size,
             ctx_size: e.ctx_size,
             report: args.report.report.clone(),

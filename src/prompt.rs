@@ -258,6 +258,15 @@ impl PromptBuilder {
         Ok(tokenizer.encode_prompt(&self.render_escaped(id, document)?)?)
     }
 
+    /// The tokens every prompt of this template starts with, whatever the document and id:
+    /// the common start of two unlike documents' prompts, less its last token (see
+    /// [`crate::engine::shared_prefix`]). The engine checks each job's ids against it.
+    pub fn shared_prefix(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>, PromptError> {
+        let a = self.tokens(tokenizer, "a.txt", "Alpha: one short document.")?;
+        let b = self.tokens(tokenizer, "zz-9", "9 other words, and \"quotes\".")?;
+        Ok(crate::engine::shared_prefix(&[a, b]))
+    }
+
     /// The prompt text with every value from the data escaped (see [`crate::control_tokens`]).
     fn render_escaped(&self, id: &str, document: &str) -> Result<String, PromptError> {
         let user = self.render_task(id, document)?;

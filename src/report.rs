@@ -55,6 +55,9 @@ pub struct RunReport {
     pub wall_s: f64,
     pub load_s: f64,
     pub prompt_tokens: usize,
+    /// Prompt tokens not computed for their document: copied from the template's shared
+    /// prefix, computed once (`--prefix-cache`).
+    pub prompt_tokens_cached: usize,
     pub prefill_s: f64,
     pub prefill_tok_per_s: f64,
     pub generated_tokens: usize,
@@ -115,7 +118,8 @@ impl RunReport {
             stopped_by: summary.stopped_by.map(|s| s.name()),
             wall_s: run_s,
             load_s: inputs.load.as_secs_f64(),
-            prompt_tokens: stats.prefill_tokens,
+            prompt_tokens: stats.prefill_tokens + stats.prompt_tokens_cached,
+            prompt_tokens_cached: stats.prompt_tokens_cached,
             prefill_s: stats.prefill_time.as_secs_f64(),
             prefill_tok_per_s: stats.prefill_tok_per_s(),
             generated_tokens: stats.generated_tokens,
@@ -161,7 +165,7 @@ impl RunReport {
 docanalyze report ({model} on {device}, {seq} sequences, {threads} threads)
   documents   {ok} ok ({trunc} truncated), {failed} failed, {skipped} files skipped{extra}
 {stopped}  wall        {wall:.2} s (+ {load:.2} s model load), {dpm:.1} docs/min
-  prefill     {pt} tokens, {pps:.1} tok/s
+  prefill     {pt} tokens{cached}, {pps:.1} tok/s
   decode      {gt} tokens, {dps:.1} tok/s
   latency     p50 {p50:.0} ms, p95 {p95:.0} ms
   batching    {steps} steps, {active:.2} sequences in flight on average
@@ -179,6 +183,15 @@ docanalyze report ({model} on {device}, {seq} sequences, {threads} threads)
             load = self.load_s,
             dpm = self.docs_per_min,
             pt = self.prompt_tokens,
+            cached = if self.prompt_tokens_cached > 0 {
+                format!(
+                    " ({} computed, {} reused from the shared prompt prefix)",
+                    self.prompt_tokens - self.prompt_tokens_cached,
+                    self.prompt_tokens_cached
+                )
+            } else {
+                String::new()
+            },
             pps = self.prefill_tok_per_s,
             gt = self.generated_tokens,
             dps = self.decode_tok_per_s,
@@ -257,6 +270,7 @@ mod tests {
             decode_time: Duration::from_secs(2),
             generated_tokens: 20,
             active_sum: 8,
+            prompt_tokens_cached: 0,
         };
         let report = RunReport::new(
             ReportInputs {

@@ -180,3 +180,39 @@ fn a_failed_document_makes_exit_code_one() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["id"], "empty.txt");
 }
+
+#[test]
+fn the_prefix_cache_changes_no_record_and_is_reported() {
+    let ws = Workspace::new();
+    let docs = ws.jsonl("tickets.jsonl", 12);
+    let run = |switch: &str| {
+        let report = ws.path(&format!("report-{switch}.json"));
+        let out = ws
+            .run()
+            .arg(&docs)
+            .args(["--sequences", "3", "--prefix-cache", switch, "--report"])
+            .arg(&report)
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let mut records: Vec<serde_json::Value> = stdout_of(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        for r in &mut records {
+            r["latency_ms"] = serde_json::Value::Null;
+        }
+        records.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_string());
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report).expect("report")).expect("json");
+        (
+            records,
+            report["prompt_tokens_cached"].as_u64().expect("key"),
+        )
+    };
+    let (on, cached) = run("on");
+    let (off, not_cached) = run("off");
+    assert_eq!(on, off);
+    assert_eq!(not_cached, 0);
+    assert!(cached >= 12 * 10, "{cached} tokens reused");
+}

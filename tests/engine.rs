@@ -808,3 +808,61 @@ fn llama3_rope_frequency_factors_are_applied() {
     assert_eq!(scaled[0], plain[0]);
     assert!(max_abs_diff(&scaled[5], &plain[5]) > 1e-3);
 }
+
+/// A shared prompt prefix computed once and copied into each job's slot gives the completions
+/// of prefilling every prompt whole, at every K, across attention blocks, with slots reused by
+/// jobs with and without the prefix; the copied tokens are counted.
+#[test]
+fn prefix_reuse_gives_the_completions_of_whole_prefills() {
+    let fx = load(&SyntheticSpec {
+        context_length: 1024,
+        ..SyntheticSpec::tiny()
+    });
+    // A prefix that crosses an attention block (256), and one short one.
+    let long_prefix = prompt(300, 77);
+    let short_prefix = prompt(20, 78);
+    let no_prefix = Vec::new();
+    let mut jobs = Vec::new();
+    for i in 0..9u32 {
+        let (prefix, rest) = match i % 3 {
+            0 => (&long_prefix, 1 + i as usize),
+            1 => (&short_prefix, 40 + i as usize),
+            _ => (&no_prefix, 15),
+        };
+        let mut tokens = prefix.clone();
+        tokens.extend(prompt(rest, 100 + i));
+        jobs.push(greedy_job(i as usize, tokens, 6, true));
+    }
+    for sequences in [1, 3] {
+        let config = EngineConfig {
+            sequences,
+            ctx: 1024,
+            batch_size: 64,
+        };
+        let plain = run_engine(&fx, config, &jobs);
+        let mut engine =
+            Engine::new(&fx.model, config, fx.tokenizer.end_of_generation_ids()).unwrap();
+        engine.set_prefixes(vec![long_prefix.clone(), short_prefix.clone()]);
+        let mut queue = jobs.iter().cloned();
+        let mut reused = BTreeMap::new();
+        engine
+            .run(
+                || queue.next(),
+                |c| {
+                    reused.insert(c.index, c);
+                    Flow::Continue
+                },
+            )
+            .unwrap();
+        assert_eq!(reused.len(), jobs.len());
+        for (i, c) in &reused {
+            assert_eq!(c.tokens, plain[i].tokens, "K={sequences} job {i}");
+            assert_eq!(c.prompt_tokens, plain[i].prompt_tokens);
+        }
+        assert_eq!(
+            engine.stats.prompt_tokens_cached,
+            3 * long_prefix.len() + 3 * short_prefix.len(),
+            "K={sequences}"
+        );
+    }
+}

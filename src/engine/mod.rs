@@ -1,6 +1,7 @@
 //! The batched generation loop: admit → plan → forward → sample → retire, with continuous
 //! batching over the slots of one KV cache. Knows nothing of documents or output formats.
 
+mod prefix;
 mod scheduler;
 mod sequence;
 mod stats;
@@ -8,11 +9,13 @@ mod stats;
 use std::collections::HashSet;
 use std::time::Instant;
 
+pub use prefix::shared_prefix;
 pub use scheduler::{plan_step, StepPlan};
 pub use sequence::{Completion, Job, Sequence, StopReason};
 pub use stats::EngineStats;
 
 use crate::model::{Llama, ModelError, SlotId, SlotKvCache};
+use prefix::PrefixCache;
 
 /// Sizes of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,7 @@ pub struct Engine<'m> {
     cache: SlotKvCache,
     config: EngineConfig,
     eog_ids: HashSet<u32>,
+    prefixes: PrefixCache,
     pub stats: EngineStats,
 }
 
@@ -54,8 +58,17 @@ impl<'m> Engine<'m> {
             cache,
             config,
             eog_ids: eog_ids.into_iter().collect(),
+            prefixes: PrefixCache::new(config.sequences),
             stats: EngineStats::default(),
         })
+    }
+
+    /// Prompt prefixes shared by many jobs (one per template): computed once when [`run`]
+    /// starts, then copied into the slot of each job whose prompt starts with one.
+    ///
+    /// [`run`]: Engine::run
+    pub fn set_prefixes(&mut self, prefixes: Vec<Vec<u32>>) {
+        self.prefixes.set(prefixes);
     }
 
     pub fn cache_bytes(&self) -> usize {
@@ -73,6 +86,13 @@ impl<'m> Engine<'m> {
         let mut active: Vec<Option<Sequence>> = (0..slots).map(|_| None).collect();
         let mut order: Vec<usize> = Vec::with_capacity(slots);
         let mut queue_open = true;
+        let started = Instant::now();
+        let computed = self
+            .prefixes
+            .compute(self.model, &self.cache, self.config.batch_size)?;
+        if computed > 0 {
+            self.stats.record_prefix(computed, started.elapsed());
+        }
         loop {
             // Admit: fill every free slot at once.
             while queue_open && order.len() < slots {
@@ -99,7 +119,13 @@ impl<'m> Engine<'m> {
                     .iter()
                     .position(Option::is_none)
                     .expect("a free slot");
-                active[free] = Some(Sequence::new(job, SlotId(free)));
+                let cached = self
+                    .prefixes
+                    .admit(&self.cache, SlotId(free), &job.prompt)?;
+                self.stats.prompt_tokens_cached += cached;
+                let mut seq = Sequence::new(job, SlotId(free));
+                seq.prefilled = cached;
+                active[free] = Some(seq);
                 order.push(free);
             }
             if order.is_empty() {

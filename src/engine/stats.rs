@@ -16,6 +16,8 @@ pub struct EngineStats {
     pub generated_tokens: usize,
     /// Sum over steps of the sequences in flight, for the mean.
     pub active_sum: usize,
+    /// Prompt tokens not computed for their job: copied from a computed shared prefix.
+    pub prompt_tokens_cached: usize,
 }
 
 impl EngineStats {
@@ -28,6 +30,12 @@ impl EngineStats {
         self.decode_tokens += plan.decode_rows;
         self.prefill_time += elapsed.mul_f64(prefill_share);
         self.decode_time += elapsed.mul_f64(1.0 - prefill_share);
+    }
+
+    /// The prefix cache's own prefill: computed tokens, with the time they took.
+    pub fn record_prefix(&mut self, tokens: usize, elapsed: Duration) {
+        self.prefill_tokens += tokens;
+        self.prefill_time += elapsed;
     }
 
     pub fn prefill_tok_per_s(&self) -> f64 {

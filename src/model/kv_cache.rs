@@ -84,6 +84,32 @@ impl SlotKvCache {
         (&self.keys[layer], &self.values[layer])
     }
 
+    /// Copies of the keys and values of positions `0..len` of `slot`, per layer
+    /// (`[len, kv_heads * head_dim]` each).
+    pub fn copy_slot_rows(&self, slot: SlotId, len: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        let start = slot.0 * self.ctx;
+        self.keys
+            .iter()
+            .zip(&self.values)
+            .map(|(k, v)| {
+                Ok((
+                    k.narrow(0, start, len)?.copy()?,
+                    v.narrow(0, start, len)?.copy()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Writes rows from [`SlotKvCache::copy_slot_rows`] to positions `0..len` of `slot`.
+    pub fn write_slot_rows(&self, slot: SlotId, rows: &[(Tensor, Tensor)]) -> Result<()> {
+        let start = slot.0 * self.ctx;
+        for ((k, v), (keys, values)) in rows.iter().zip(self.keys.iter().zip(&self.values)) {
+            keys.slice_set(k, 0, start)?;
+            values.slice_set(v, 0, start)?;
+        }
+        Ok(())
+    }
+
     /// The cache row of `slot` at `position`.
     pub fn row_index(&self, slot: SlotId, position: usize) -> u32 {
         (slot.0 * self.ctx + position) as u32

@@ -316,13 +316,10 @@ mod tests {
     fn rotary_angles_divide_by_the_frequency_factors() {
         let c = config(8, 1.0);
         let factors = [1.0, 2.0, 8.0, 32.0];
+        let table = |t: Tensor| -> Vec<Vec<f32>> { t.to_vec2().unwrap() };
         let (cos, sin) = rotary_tables(&c, Some(&factors), &Device::Cpu).unwrap();
         let (plain_cos, _) = rotary_tables(&c, None, &Device::Cpu).unwrap();
-        let (cos, sin, plain_cos): (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) = (
-            cos.to_vec2().unwrap(),
-            sin.to_vec2().unwrap(),
-            plain_cos.to_vec2().unwrap(),
-        );
+        let (cos, sin, plain_cos) = (table(cos), table(sin), table(plain_cos));
         for p in [0usize, 1, 17, 63] {
             for (i, factor) in factors.iter().enumerate() {
                 let theta = p as f64 * 500_000f64.powf(-2.0 * i as f64 / 8.0) / *factor as f64;
@@ -334,7 +331,7 @@ mod tests {
         }
         // Linear scaling divides every angle: position 2p at factor 2 is position p.
         let (scaled, _) = rotary_tables(&config(8, 2.0), None, &Device::Cpu).unwrap();
-        let scaled: Vec<Vec<f32>> = scaled.to_vec2().unwrap();
+        let scaled = table(scaled);
         for i in 0..4 {
             assert!((scaled[20][i] - plain_cos[10][i]).abs() < 1e-6);
         }

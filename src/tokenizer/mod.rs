@@ -36,12 +36,12 @@ pub enum TokenizerError {
 enum Vocabulary {
     /// The tokenizers crate (byte-level BPE from GGUF, or any `tokenizer.json`).
     Hf {
-        inner: tokenizers::Tokenizer,
+        inner: Box<tokenizers::Tokenizer>,
         /// The same tokenizer with special-token strings read as text (data).
-        plain: tokenizers::Tokenizer,
+        plain: Box<tokenizers::Tokenizer>,
     },
     /// A SentencePiece vocabulary, encoded as llama.cpp does.
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 /// Text ↔ token ids for one model.
@@ -83,9 +83,9 @@ impl Tokenizer {
                     message: e.to_string(),
                 }
             })?),
-            None if model == "llama" => {
-                Vocabulary::Spm(Self::spm_from_gguf(gguf, &tokens).map_err(build_err)?)
-            }
+            None if model == "llama" => Vocabulary::Spm(Box::new(
+                Self::spm_from_gguf(gguf, &tokens).map_err(build_err)?,
+            )),
             None => Self::hf(Self::bpe_from_gguf(gguf, &tokens).map_err(build_err)?),
         };
         let token_at = |key: &str| -> Option<(u32, String)> {
@@ -160,7 +160,10 @@ impl Tokenizer {
     fn hf(inner: tokenizers::Tokenizer) -> Vocabulary {
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
-        Vocabulary::Hf { inner, plain }
+        Vocabulary::Hf {
+            inner: Box::new(inner),
+            plain: Box::new(plain),
+        }
     }
 
     /// A SentencePiece vocabulary: pieces, scores and types; spaces prefixed unless the file
