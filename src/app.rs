@@ -22,9 +22,9 @@ use crate::input::{
 use crate::loaded_model::LoadedModel;
 use crate::merge::{merge, MergeConfig};
 use crate::output::lock::OutputLock;
-use crate::output::{open_sink, sink, Format, Sink};
+use crate::output::{csv_columns, open_sink, sink, Format, Sink};
 use crate::panic_guard::catch_quietly;
-use crate::pipeline::{run_documents_with, JobSettings, RunControl, RunSummary};
+use crate::pipeline::{label_priors, run_documents_with, JobSettings, RunControl, RunSummary};
 use crate::progress::Terminal;
 use crate::prompt::{PromptBuilder, PromptError};
 use crate::report::{ReportInputs, RunReport};
@@ -153,6 +153,7 @@ fn job_settings(jobs: &JobsConfig, ctx: usize) -> JobSettings {
         ignore_eos: jobs.ignore_eos,
         sampling: jobs.sampling,
         overflow: jobs.overflow,
+        priors: Vec::new(),
     }
 }
 
@@ -170,17 +171,33 @@ fn job_documents(
 }
 
 /// Opens the output: appended to after its complete records with `--resume`, else replaced.
+/// `scores`: a prompt answers with labels (CSV gets a `scores` column).
 fn open_output(
     config: &RunConfig,
     existing: Option<&ExistingOutput>,
+    scores: bool,
     terminal: &Terminal,
 ) -> anyhow::Result<Box<dyn Sink>> {
     let opened = match existing {
         Some(existing) => {
+            let columns = csv_columns(scores);
+            if !existing.header.is_empty() && existing.header != columns {
+                anyhow::bail!(
+                    "--resume: {} has the columns {}, but this run writes {}: resume with the prompts of the run that wrote it",
+                    config.output,
+                    existing.header.join(","),
+                    columns.join(",")
+                );
+            }
             let file = existing.reopen()?;
-            sink(Box::new(file), config.format, existing.needs_header())
+            sink(
+                Box::new(file),
+                config.format,
+                existing.needs_header(),
+                scores,
+            )
         }
-        None => open_sink(&config.output, config.format, || terminal.stdout()),
+        None => open_sink(&config.output, config.format, scores, || terminal.stdout()),
     };
     opened.with_context(|| format!("cannot write output {}", config.output))
 }
@@ -234,7 +251,8 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(signal.exit_code()));
     }
     // Opened only now: a failed start never truncates yesterday's results.
-    let mut sink = open_output(&config, existing.as_ref(), terminal)?;
+    let scores = builders.iter().any(|b| b.labels().is_some());
+    let mut sink = open_output(&config, existing.as_ref(), scores, terminal)?;
     if let Some(lock) = &mut lock {
         lock.keep();
     }
@@ -262,13 +280,17 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         "records"
     };
     let mut progress = terminal.progress(total, unit, "");
+    let mut settings = job_settings(jobs, ctx);
+    if jobs.calibrate {
+        settings.priors = label_priors(&mut engine, &loaded.tokenizer, &builders, ctx)?;
+    }
     let started = Instant::now();
     let summary = run_documents_with(
         &mut engine,
         &loaded.tokenizer,
         &builders,
         docs,
-        job_settings(jobs, ctx),
+        settings,
         sink.as_mut(),
         &mut progress,
         RunControl { completed, stop },
@@ -334,6 +356,7 @@ fn bench_command(args: &BenchArgs, terminal: &Terminal) -> anyhow::Result<ExitCo
         batch_size: config.batch_size,
         threads: config.model.threads,
         prefixes: shared_prefixes(&builders, &loaded, config.prefix_cache)?,
+        calibrate: jobs.calibrate,
     };
     let runs = config
         .sequences

@@ -12,7 +12,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::input::Document;
 use crate::loaded_model::LoadedModel;
 use crate::output::{Record, RecordBuffer, Status};
-use crate::pipeline::{run_documents, JobSettings, RunSummary};
+use crate::pipeline::{label_priors, run_documents, JobSettings, RunSummary};
 use crate::progress::Terminal;
 use crate::prompt::PromptBuilder;
 use crate::report::{ReportInputs, RunReport};
@@ -27,6 +27,8 @@ pub struct BenchJobs<'a> {
     pub threads: usize,
     /// The templates' shared prompt prefixes (empty with `--prefix-cache off`).
     pub prefixes: Vec<Vec<u32>>,
+    /// Calibrate label answers (`--calibrate`).
+    pub calibrate: bool,
 }
 
 /// One K, measured.
@@ -52,6 +54,11 @@ pub fn measure(
         loaded.tokenizer.end_of_generation_ids(),
     )?;
     engine.set_prefixes(jobs.prefixes.clone());
+    let mut settings = jobs.settings.clone();
+    if jobs.calibrate {
+        settings.priors =
+            label_priors(&mut engine, &loaded.tokenizer, jobs.builders, settings.ctx)?;
+    }
     let mut buffer = RecordBuffer::default();
     let total = jobs.documents.len() * jobs.builders.len();
     let mut progress = terminal.progress(Some(total), "records", &format!("K={sequences}"));
@@ -61,7 +68,7 @@ pub fn measure(
         &loaded.tokenizer,
         jobs.builders,
         jobs.documents.iter().cloned(),
-        jobs.settings,
+        settings,
         &mut buffer,
         &mut progress,
     )?;

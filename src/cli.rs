@@ -181,6 +181,11 @@ pub struct InputArgs {
     #[arg(long, default_value = "id", help_heading = "Input")]
     pub id_field: String,
 
+    /// JSONL field holding each document's true label: the report adds accuracy, per-label
+    /// precision and recall and a confusion matrix for the prompts that answer with --labels.
+    #[arg(long, value_name = "NAME", help_heading = "Input")]
+    pub gold_field: Option<String>,
+
     /// Only the documents of shard I of N (I counted from 0), by a stable hash of their id:
     /// N runs with 0/N … N-1/N process every document exactly once. `auto` reads I/N from a
     /// Slurm array, Kubernetes Indexed Job, AWS Batch or Google Batch array task (or
@@ -316,6 +321,13 @@ pub struct PromptArgs {
     /// System message (default: the chat template's own).
     #[arg(long)]
     pub system: Option<String>,
+
+    /// Label answers: divide each label's probability by its probability for a content-free
+    /// document ("N/A"), so that the prompt's and model's bias toward a label does not decide
+    /// the answer ("Calibrate Before Use"); the answer is the label that gains most. Off by
+    /// default: on sample-data/labeled it did not help the default model (README).
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    pub calibrate: Switch,
 }
 
 #[derive(Debug, Args)]

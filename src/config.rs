@@ -47,6 +47,8 @@ pub struct JobsConfig {
     pub shard: Option<Shard>,
     /// Bounds on reading each document.
     pub extract: ExtractLimits,
+    /// Calibrate label answers by a content-free input (`--calibrate`).
+    pub calibrate: bool,
 }
 
 /// Below this an extraction child cannot even start (its binary and stack are mapped too).
@@ -61,6 +63,25 @@ fn expand_shard(path: &str, flag: &str, shard: Option<Shard>) -> Result<String, 
         )),
         None => Ok(path.to_string()),
     }
+}
+
+/// Labels must be non-empty and distinct ignoring case (an answer is matched whatever its
+/// case).
+fn check_labels(labels: &[String]) -> Result<(), ConfigError> {
+    for (i, label) in labels.iter().enumerate() {
+        if label.trim().is_empty() {
+            return err(format!("--labels: label {} is empty", i + 1));
+        }
+        if let Some(twin) = labels[..i]
+            .iter()
+            .find(|l| l.to_lowercase() == label.to_lowercase())
+        {
+            return err(format!(
+                "--labels: `{label}` is given twice (as `{twin}`; labels are matched ignoring case)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A validated `run`.
@@ -235,6 +256,7 @@ fn jobs_config(
     if names.len() != prompts.len() {
         return err("--prompt: the same prompt is given twice");
     }
+    check_labels(&prompt.labels)?;
     if prompt.prompts.iter().any(|p| p == "classify") && prompt.labels.is_empty() {
         return err("--prompt classify needs --labels a,b,c");
     }
@@ -263,6 +285,7 @@ fn jobs_config(
         fields: JsonlFields {
             text: input.text_field.clone(),
             id: input.id_field.clone(),
+            gold: input.gold_field.clone(),
         },
         prompts,
         vars: PromptVars {
@@ -284,6 +307,7 @@ fn jobs_config(
             .map(|s| s.resolve())
             .transpose()
             .map_err(ConfigError)?,
+        calibrate: prompt.calibrate.is_on(),
         extract: ExtractLimits {
             max_document_bytes: input.max_document_bytes,
             memory: input.extract_memory,

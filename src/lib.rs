@@ -1,6 +1,7 @@
 //! docanalyze: run a local quantized LLM over many documents at once, K sequences decoded
 //! together with their KV caches batched into shared forward passes.
 
+pub mod accuracy;
 pub mod app;
 pub mod bench;
 pub mod byte_size;
@@ -11,6 +12,7 @@ pub mod device;
 pub mod engine;
 pub mod info;
 pub mod input;
+pub mod labels;
 pub mod loaded_model;
 pub mod merge;
 pub mod model;

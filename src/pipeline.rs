@@ -1,12 +1,15 @@
 //! Documents → jobs → engine → records: one record per document × prompt, whatever happens.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accuracy::Confusion;
 use crate::engine::{Completion, Engine, Flow, Job, StopReason};
 use crate::input::Document;
+use crate::labels::LabelSet;
 use crate::output::{Record, Sink, Status};
 use crate::prompt::{Overflow, PromptBuilder, PromptError};
 use crate::resume::CompletedJobs;
@@ -15,7 +18,7 @@ use crate::signals::{StopRequest, StopSignal};
 use crate::tokenizer::Tokenizer;
 
 /// Generation settings shared by every job of a run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JobSettings {
     pub ctx: usize,
     pub max_tokens: usize,
@@ -23,6 +26,8 @@ pub struct JobSettings {
     pub sampling: SamplingParams,
     /// What to do with a document longer than the context.
     pub overflow: Overflow,
+    /// Per prompt, the content-free label scores its label answers are calibrated by.
+    pub priors: Vec<Option<Arc<Vec<f64>>>>,
 }
 
 /// What, besides the documents, decides which jobs run.
@@ -51,6 +56,8 @@ pub struct RunSummary {
     pub broken_pipe: bool,
     /// The signal that stopped the run before every document was read.
     pub stopped_by: Option<StopSignal>,
+    /// Label answers against the documents' true labels (`--gold-field`), per prompt.
+    pub confusion: BTreeMap<String, Confusion>,
 }
 
 impl RunSummary {
@@ -80,6 +87,10 @@ struct JobMeta {
     source: String,
     prompt: String,
     truncated: bool,
+    labels: Option<Arc<LabelSet>>,
+    /// The label scores of a content-free input, to divide the answer's scores by.
+    prior: Option<Arc<Vec<f64>>>,
+    gold: Option<String>,
 }
 
 /// Writes records and counts them; remembers the first write error.
@@ -193,7 +204,7 @@ pub fn run_documents_with(
                 return Some(job);
             }
             let doc = documents.next()?;
-            for builder in builders {
+            for (builder_index, builder) in builders.iter().enumerate() {
                 let prompt_name = builder.name();
                 if control
                     .completed
@@ -218,12 +229,17 @@ pub fn run_documents_with(
                     stopped |= error_record(message, false) == Flow::Stop;
                     continue;
                 }
+                // A label answer takes at most its longest label's tokens.
+                let labels = builder.labels().cloned();
+                let max_tokens = labels
+                    .as_ref()
+                    .map_or(settings.max_tokens, |set| set.max_tokens().max(1));
                 let built = builder.fit(
                     tokenizer,
                     &doc.id,
                     text,
                     settings.ctx,
-                    settings.max_tokens,
+                    max_tokens,
                     settings.overflow,
                 );
                 match built {
@@ -237,15 +253,19 @@ pub fn run_documents_with(
                                 source: doc.source.clone(),
                                 prompt: prompt_name.to_string(),
                                 truncated: built.truncated,
+                                labels: labels.clone(),
+                                prior: settings.priors.get(builder_index).cloned().flatten(),
+                                gold: doc.gold.clone(),
                             },
                         );
                         queued.push_back(Job {
                             index,
                             key: job_key(&doc.id, &doc.source, prompt_name),
                             prompt: built.tokens,
-                            max_tokens: settings.max_tokens,
+                            max_tokens,
                             ignore_eos: settings.ignore_eos,
                             sampling: settings.sampling,
+                            labels,
                         });
                     }
                     Err(e) => {
@@ -269,7 +289,18 @@ pub fn run_documents_with(
             .borrow_mut()
             .remove(&done.index)
             .expect("every completion has a pending job");
+        let gold = meta.gold.clone();
+        let labels = meta.labels.clone();
         let record = completion_record(meta, &done, tokenizer);
+        if let (Some(gold), Some(set), Some(_)) = (gold, labels, &done.label) {
+            recorder
+                .borrow_mut()
+                .summary
+                .confusion
+                .entry(record.prompt.clone())
+                .or_default()
+                .add(set.labels(), &gold, &record.output);
+        }
         in_flight.set(in_flight.get().saturating_sub(1));
         recorder.borrow_mut().emit(record, in_flight.get(), false)
     };
@@ -283,6 +314,7 @@ pub fn run_documents_with(
 }
 
 fn completion_record(meta: JobMeta, done: &Completion, tokenizer: &Tokenizer) -> Record {
+    let meta_labels = meta.labels.clone();
     let mut record = Record {
         id: meta.id,
         source: meta.source,
@@ -298,10 +330,20 @@ fn completion_record(meta: JobMeta, done: &Completion, tokenizer: &Tokenizer) ->
         generated_tokens: done.tokens.len(),
         latency_ms: done.latency.as_millis() as u64,
         error: String::new(),
+        scores: None,
     };
     if done.tokens.is_empty() && done.stop_reason == StopReason::Context {
         record.status = Status::Error;
         record.error = format!("{}: the prompt does not fit the context", record.source);
+        return record;
+    }
+    if let (Some(set), Some((label, scores))) = (&meta_labels, &done.label) {
+        let (label, scores) = match &meta.prior {
+            Some(prior) => calibrated(scores, prior),
+            None => (*label, scores.clone()),
+        };
+        record.output = set.labels()[label].clone();
+        record.scores = Some(set.labels().iter().cloned().zip(scores).collect());
         return record;
     }
     match tokenizer.decode(&done.tokens) {
@@ -313,6 +355,67 @@ fn completion_record(meta: JobMeta, done: &Completion, tokenizer: &Tokenizer) ->
     }
     record
 }
+
+/// Scores divided by the content-free prior and renormalized ("Calibrate Before Use", Zhao et
+/// al. 2021), and the label they now favour.
+fn calibrated(scores: &[f64], prior: &[f64]) -> (usize, Vec<f64>) {
+    let raw: Vec<f64> = scores
+        .iter()
+        .zip(prior)
+        .map(|(s, p)| s / p.max(1e-9))
+        .collect();
+    let sum: f64 = raw.iter().sum();
+    let scores: Vec<f64> = raw.iter().map(|r| r / sum.max(f64::MIN_POSITIVE)).collect();
+    let best = scores
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, s)| if *s > scores[best] { i } else { best });
+    (best, scores)
+}
+
+/// For each prompt that answers with labels, the label scores of a content-free document
+/// ("N/A"): what the prompt and model favour before reading anything. The engine's counters are
+/// left as they were.
+pub fn label_priors(
+    engine: &mut Engine<'_>,
+    tokenizer: &Tokenizer,
+    builders: &[PromptBuilder],
+    ctx: usize,
+) -> anyhow::Result<Vec<Option<Arc<Vec<f64>>>>> {
+    let saved = engine.stats.clone();
+    let mut priors = Vec::new();
+    for builder in builders {
+        let Some(labels) = builder.labels() else {
+            priors.push(None);
+            continue;
+        };
+        let max_tokens = labels.max_tokens().max(1);
+        let built = builder.build(tokenizer, "content-free", CONTENT_FREE, ctx, max_tokens)?;
+        let mut job = Some(Job {
+            index: 0,
+            key: job_key("content-free", "", builder.name()),
+            prompt: built.tokens,
+            max_tokens,
+            ignore_eos: false,
+            sampling: SamplingParams::default(),
+            labels: Some(labels.clone()),
+        });
+        let mut prior = None;
+        engine.run(
+            || job.take(),
+            |done| {
+                prior = done.label.map(|(_, scores)| Arc::new(scores));
+                Flow::Continue
+            },
+        )?;
+        priors.push(prior);
+    }
+    engine.stats = saved;
+    Ok(priors)
+}
+
+/// The content-free input of [`label_priors`].
+const CONTENT_FREE: &str = "N/A";
 
 /// A stable per-job key for the sampler's stream: the same document and prompt always draw the
 /// same random numbers, whatever K or the order of the run.

@@ -9,6 +9,7 @@ use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Template, 
 use serde::Serialize;
 
 use crate::control_tokens::ControlTokens;
+use crate::labels::LabelSet;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The task templates shipped in `prompts/`, embedded in the binary.
@@ -53,6 +54,8 @@ pub enum PromptError {
     Render { name: String, message: String },
     #[error("the chat template (tokenizer.chat_template) cannot be used: {message}")]
     ChatTemplate { message: String },
+    #[error("--labels: {0}")]
+    Labels(String),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error("the prompt of `{name}` needs {needed} tokens but only {available} fit the context ({ctx} positions, {max_tokens} kept for the answer)")]
@@ -151,6 +154,20 @@ impl PromptTemplate {
             source: source.to_string(),
         }
     }
+
+    /// Whether the answer is one of `--labels`: the built-in `classify` and `sentiment`, and
+    /// template files that use `labels`.
+    pub fn answers_with_a_label(&self) -> bool {
+        matches!(self.name.as_str(), "classify" | "sentiment") || self.source.contains("labels")
+    }
+
+    /// The labels used when `--labels` is not given.
+    pub fn default_labels(&self) -> &'static [&'static str] {
+        match self.name.as_str() {
+            "sentiment" => &["positive", "negative", "neutral"],
+            _ => &[],
+        }
+    }
 }
 
 /// Values a task template can use besides the document.
@@ -183,6 +200,7 @@ pub struct PromptBuilder {
     bos_token: String,
     eos_token: String,
     controls: Arc<ControlTokens>,
+    labels: Option<Arc<LabelSet>>,
 }
 
 impl PromptBuilder {
@@ -211,10 +229,25 @@ impl PromptBuilder {
             .map_err(|e| syntax(&template.name, e))?;
         env.add_template_owned("chat", chat_template.unwrap_or(CHATML_TEMPLATE).to_string())
             .map_err(|e| syntax("tokenizer.chat_template", e))?;
+        let mut vars = vars;
+        if vars.labels.is_empty() {
+            vars.labels = template
+                .default_labels()
+                .iter()
+                .map(|l| l.to_string())
+                .collect();
+        }
+        let labels = if template.answers_with_a_label() && !vars.labels.is_empty() {
+            let set = LabelSet::new(&vars.labels, tokenizer).map_err(PromptError::Labels)?;
+            Some(Arc::new(set))
+        } else {
+            None
+        };
         let builder = Self {
             env,
             name: template.name.clone(),
             system,
+            labels,
             vars,
             bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
             eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
@@ -237,6 +270,11 @@ impl PromptBuilder {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The labels this prompt answers with, if it answers with a label.
+    pub fn labels(&self) -> Option<&Arc<LabelSet>> {
+        self.labels.as_ref()
     }
 
     /// The full prompt text for `document`, as it reads.

@@ -1,10 +1,12 @@
 //! The timing report: a table on stderr and the JSON object of `--report`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::accuracy::Accuracy;
 use crate::engine::EngineStats;
 use crate::pipeline::RunSummary;
 
@@ -73,6 +75,9 @@ pub struct RunReport {
     pub peak_rss_bytes: u64,
     /// Peak resident memory of the largest child process (HTML/PDF extraction); 0 if none.
     pub extract_peak_rss_bytes: u64,
+    /// Per label prompt, its answers against the documents' true labels (`--gold-field`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub accuracy: BTreeMap<String, Accuracy>,
 }
 
 /// What the report is made of besides the engine's counters.
@@ -138,6 +143,11 @@ impl RunReport {
             kv_bytes_total: inputs.kv_bytes_total,
             peak_rss_bytes: peak_rss_bytes(),
             extract_peak_rss_bytes: children_peak_rss_bytes(),
+            accuracy: summary
+                .confusion
+                .iter()
+                .map(|(prompt, c)| (prompt.clone(), c.accuracy()))
+                .collect(),
         }
     }
 
@@ -160,6 +170,28 @@ impl RunReport {
             ),
             None => String::new(),
         };
+        let accuracy: String = self
+            .accuracy
+            .iter()
+            .map(|(prompt, a)| {
+                let labels: Vec<String> = a
+                    .labels
+                    .iter()
+                    .map(|(l, s)| {
+                        let pct =
+                            |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
+                        format!("{l} P {} R {}", pct(s.precision), pct(s.recall))
+                    })
+                    .collect();
+                format!(
+                    "  accuracy    {prompt}: {:.1}% ({} of {}); {}\n",
+                    a.accuracy * 100.0,
+                    a.correct,
+                    a.documents,
+                    labels.join(", ")
+                )
+            })
+            .collect();
         format!(
             "\
 docanalyze report ({model} on {device}, {seq} sequences, {threads} threads)
@@ -170,7 +202,7 @@ docanalyze report ({model} on {device}, {seq} sequences, {threads} threads)
   latency     p50 {p50:.0} ms, p95 {p95:.0} ms
   batching    {steps} steps, {active:.2} sequences in flight on average
   memory      KV {kv:.1} MiB ({kvs:.1} MiB per sequence), peak RSS {rss:.1} MiB
-",
+{accuracy}",
             model = self.model,
             device = self.device,
             seq = self.sequences,

@@ -76,6 +76,8 @@ pub struct ExistingOutput {
     pub file_len: u64,
     /// Records in the complete part, whatever their status.
     pub records: usize,
+    /// The CSV header found (empty for JSONL or an empty file).
+    pub header: Vec<String>,
 }
 
 impl ExistingOutput {
@@ -93,6 +95,7 @@ impl ExistingOutput {
             complete_len: 0,
             file_len: 0,
             records: 0,
+            header: Vec::new(),
         };
         match std::fs::metadata(path) {
             Ok(_) => {}
@@ -120,6 +123,7 @@ impl ExistingOutput {
         existing.complete_len = summary.complete_len;
         existing.records = records;
         existing.completed = completed;
+        existing.header = summary.header;
         Ok(existing)
     }
 

@@ -449,6 +449,7 @@ fn greedy_job(index: usize, prompt: Vec<u32>, max_tokens: usize, ignore_eos: boo
         max_tokens,
         ignore_eos,
         sampling: SamplingParams::default(),
+        labels: None,
     }
 }
 

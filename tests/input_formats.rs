@@ -162,6 +162,7 @@ fn a_file_given_by_name_keeps_its_path_as_id() {
             id: path.display().to_string(),
             source: path.display().to_string(),
             text: Ok("plain note".to_string()),
+            gold: None,
         }]
     );
 }

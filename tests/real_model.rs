@@ -77,6 +77,7 @@ fn generate(l: &Loaded, prompts: &[Vec<u32>], sequences: usize) -> Vec<Completio
         max_tokens: 40,
         ignore_eos: false,
         sampling: SamplingParams::default(),
+        labels: None,
     });
     let mut done = Vec::new();
     engine

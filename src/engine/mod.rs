@@ -163,6 +163,9 @@ impl<'m> Engine<'m> {
 
     /// Samples the next token of `seq`; returns why it stops, if it does.
     fn sample_into(&self, seq: &mut Sequence, logits: &[f32]) -> Option<StopReason> {
+        if seq.job.labels.is_some() {
+            return self.sample_label(seq, logits);
+        }
         let token = if seq.job.ignore_eos {
             let mut masked = logits.to_vec();
             for &id in &self.eog_ids {
@@ -186,5 +189,37 @@ impl<'m> Engine<'m> {
             return Some(StopReason::Context);
         }
         None
+    }
+
+    /// The next token of a label job: one that keeps the answer on a label's path (see
+    /// [`crate::labels`]); the answer ends when a label is complete, whatever `max_tokens`.
+    fn sample_label(&self, seq: &mut Sequence, logits: &[f32]) -> Option<StopReason> {
+        let set = seq.job.labels.clone().expect("a label job");
+        let state = seq.label_state.as_mut().expect("a label job has a state");
+        // An end-of-generation id stands for "the label ends here".
+        let end = self.eog_ids.iter().copied().min().unwrap_or(u32::MAX);
+        let allowed = set.allowed(state, end);
+        let probs = crate::labels::renormalized(logits, &allowed);
+        let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+        for &id in &allowed {
+            if let Some(m) = masked.get_mut(id as usize) {
+                *m = logits[id as usize];
+            }
+        }
+        let token = seq.sampler.sample(&masked);
+        match set.advance(state, token, end, &probs) {
+            crate::labels::Step::Done(label) => {
+                if token != end {
+                    seq.generated.push(token);
+                }
+                seq.answered = Some(label);
+                Some(StopReason::Eos)
+            }
+            crate::labels::Step::Continue => {
+                seq.generated.push(token);
+                (seq.job.prompt.len() + seq.generated.len() > self.config.ctx)
+                    .then_some(StopReason::Context)
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! A job (what to generate) and the sequence that runs it in a slot.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::labels::{LabelSet, LabelState};
 use crate::model::SlotId;
 use crate::sampler::{Sampler, SamplingParams};
 
@@ -16,6 +18,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
+    /// The answer must be one of these labels (decoding is constrained to them).
+    pub labels: Option<Arc<LabelSet>>,
 }
 
 /// Why a sequence stopped generating.
@@ -53,6 +57,8 @@ pub struct Completion {
     pub prompt_tokens: usize,
     /// From admission into a slot to the last token.
     pub latency: Duration,
+    /// For a label job: the label answered and every label's probability (in label order).
+    pub label: Option<(usize, Vec<f64>)>,
 }
 
 /// A job running in a slot.
@@ -64,12 +70,19 @@ pub struct Sequence {
     pub generated: Vec<u32>,
     pub sampler: Sampler,
     pub started: Instant,
+    /// A label job's place in its label trie.
+    pub label_state: Option<LabelState>,
+    /// The label a label job answered.
+    pub answered: Option<usize>,
 }
 
 impl Sequence {
     pub fn new(job: Job, slot: SlotId) -> Self {
         let sampler = Sampler::new(job.sampling, job.key);
+        let label_state = job.labels.as_ref().map(|set| set.start());
         Self {
+            label_state,
+            answered: None,
             job,
             slot,
             prefilled: 0,
@@ -95,6 +108,9 @@ impl Sequence {
             tokens: self.generated,
             stop_reason,
             latency: self.started.elapsed(),
+            label: self
+                .answered
+                .zip(self.label_state.map(|s| s.scores().to_vec())),
         }
     }
 }

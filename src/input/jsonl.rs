@@ -105,6 +105,7 @@ impl<R: BufRead> JsonlReader<R> {
             id: at.clone(),
             source: at.clone(),
             text: Err(format!("{at}: {message}")),
+            gold: None,
         }
     }
 }
@@ -117,6 +118,7 @@ fn parse_line(name: &str, line_no: usize, fields: &JsonlFields, line: &[u8]) -> 
         id,
         source: at.clone(),
         text,
+        gold: None,
     };
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
@@ -136,7 +138,16 @@ fn parse_line(name: &str, line_no: usize, fields: &JsonlFields, line: &[u8]) -> 
         )),
         None => Err(format!("{at}: no field `{}`", fields.text)),
     };
-    doc(id, text)
+    let gold = fields.gold.as_ref().and_then(|g| match value.get(g) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        _ => None,
+    });
+    Document {
+        gold,
+        ..doc(id, text)
+    }
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -308,6 +319,7 @@ mod tests {
                 id: "big.jsonl:1".into(),
                 source: "big.jsonl:1".into(),
                 text: Err("big.jsonl:1: line longer than 16 MiB".into()),
+                gold: None,
             }]
         );
     }

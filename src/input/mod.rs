@@ -27,6 +27,8 @@ pub struct Document {
     pub source: String,
     /// The text, or why it could not be read.
     pub text: Result<String, String>,
+    /// The true label (`--gold-field` of a JSONL line), for accuracy.
+    pub gold: Option<String>,
 }
 
 /// How JSONL lines name their text and id.
@@ -34,6 +36,8 @@ pub struct Document {
 pub struct JsonlFields {
     pub text: String,
     pub id: String,
+    /// The field holding the true label (`--gold-field`).
+    pub gold: Option<String>,
 }
 
 impl Default for JsonlFields {
@@ -41,6 +45,7 @@ impl Default for JsonlFields {
         Self {
             text: "text".into(),
             id: "id".into(),
+            gold: None,
         }
     }
 }
@@ -235,6 +240,7 @@ fn planned_documents(
             id,
             source: path.display().to_string(),
             text: extractor.read(&path, kind),
+            gold: None,
         })),
         Planned::Jsonl(path) => Box::new(open_jsonl(path, fields.clone())),
         Planned::Unsupported(path) => {
@@ -253,6 +259,7 @@ fn planned_documents(
             id,
             source: path.display().to_string(),
             text: Err(message),
+            gold: None,
         })),
     }
 }
@@ -280,6 +287,7 @@ fn open_jsonl(path: PathBuf, fields: JsonlFields) -> Box<dyn Iterator<Item = Doc
             id: name.clone(),
             source: name.clone(),
             text: Err(format!("cannot read {name}: {e}")),
+            gold: None,
         })),
     }
 }

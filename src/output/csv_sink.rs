@@ -6,18 +6,23 @@ use super::{Record, Sink, CSV_COLUMNS};
 
 pub struct CsvSink {
     out: Box<dyn Write>,
+    /// A `scores` column after the base columns (some prompt answers with labels).
+    scores: bool,
 }
 
 impl CsvSink {
     pub fn new(writer: Box<dyn Write>) -> io::Result<Self> {
-        Self::with_header(writer, true)
+        Self::with_header(writer, true, false)
     }
 
     /// `header = false` when appending to a file that already has one.
-    pub fn with_header(writer: Box<dyn Write>, header: bool) -> io::Result<Self> {
-        let mut sink = Self { out: writer };
+    pub fn with_header(writer: Box<dyn Write>, header: bool, scores: bool) -> io::Result<Self> {
+        let mut sink = Self {
+            out: writer,
+            scores,
+        };
         if header {
-            sink.write_row(CSV_COLUMNS)?;
+            sink.write_row(csv_columns(scores))?;
         }
         Ok(sink)
     }
@@ -45,6 +50,19 @@ impl CsvSink {
 
 impl Sink for CsvSink {
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        self.write_row(record.csv_row())
+        let mut row = record.csv_row().to_vec();
+        if self.scores {
+            row.push(record.scores_text());
+        }
+        self.write_row(row)
     }
+}
+
+/// The CSV header: the base columns, then `scores` when a prompt answers with labels.
+pub fn csv_columns(scores: bool) -> Vec<&'static str> {
+    let mut columns = CSV_COLUMNS.to_vec();
+    if scores {
+        columns.push("scores");
+    }
+    columns
 }

@@ -1,6 +1,7 @@
 //! The output record: one per document × prompt.
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 /// CSV columns, in order.
 pub const CSV_COLUMNS: [&str; 10] = [
@@ -48,6 +49,25 @@ pub struct Record {
     pub generated_tokens: usize,
     pub latency_ms: u64,
     pub error: String,
+    /// Label answers: every label's probability, in label order (JSONL `scores` object, CSV
+    /// `scores` column as JSON text).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "scores_as_object"
+    )]
+    pub scores: Option<Vec<(String, f64)>>,
+}
+
+fn scores_as_object<S: Serializer>(
+    scores: &Option<Vec<(String, f64)>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let scores = scores.as_deref().unwrap_or_default();
+    let mut map = serializer.serialize_map(Some(scores.len()))?;
+    for (label, p) in scores {
+        map.serialize_entry(label, p)?;
+    }
+    map.end()
 }
 
 impl Record {
@@ -64,6 +84,21 @@ impl Record {
             generated_tokens: 0,
             latency_ms: 0,
             error,
+            scores: None,
+        }
+    }
+
+    /// The `scores` column: the JSON object, or empty.
+    pub fn scores_text(&self) -> String {
+        match &self.scores {
+            Some(_) => {
+                #[derive(Serialize)]
+                struct Scores<'a>(
+                    #[serde(serialize_with = "scores_as_object")] &'a Option<Vec<(String, f64)>>,
+                );
+                serde_json::to_string(&Scores(&self.scores)).unwrap_or_default()
+            }
+            None => String::new(),
         }
     }
 
