@@ -90,6 +90,7 @@ fn run(
                 max_tokens: ntg,
                 ignore_eos: true,
                 sampling: SamplingParams::default(),
+                labels: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?

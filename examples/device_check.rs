@@ -28,6 +28,7 @@ fn greedy(model: &Llama, eog: Vec<u32>, prompts: &[Vec<u32>]) -> anyhow::Result<
         max_tokens: 16,
         ignore_eos: true,
         sampling: SamplingParams::default(),
+        labels: None,
     });
     let mut out = vec![Vec::new(); prompts.len()];
     engine.run(

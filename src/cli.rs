@@ -409,6 +409,24 @@ pub struct GenerationArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 
+    /// Penalize tokens that would repeat an earlier run of the answer (the DRY sampler of
+    /// llama.cpp, over the answer's tokens): small models' greedy answers otherwise loop.
+    /// Deterministic; label answers are not affected.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub repeat_guard: Switch,
+
+    /// Repeat guard: the penalty of a repeat one token past --dry-allowed-length.
+    #[arg(long, default_value_t = 0.8)]
+    pub dry_multiplier: f32,
+
+    /// Repeat guard: how much the penalty grows per further repeated token.
+    #[arg(long, default_value_t = 1.75)]
+    pub dry_base: f32,
+
+    /// Repeat guard: repeats of up to this many tokens are free.
+    #[arg(long, default_value_t = 2)]
+    pub dry_allowed_length: usize,
+
     /// Keep generating to --max-tokens, ignoring end-of-generation tokens (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,

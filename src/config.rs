@@ -11,7 +11,7 @@ use crate::input::{is_jsonl, ExtractLimits, InputSpec, JsonlFields, TextKind};
 use crate::model_source::ModelRef;
 use crate::output::Format;
 use crate::prompt::{Overflow, PromptTemplate, PromptVars};
-use crate::sampler::SamplingParams;
+use crate::sampler::{RepeatGuard, SamplingParams};
 use crate::shard::{Shard, SHARD_PLACEHOLDER};
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +245,12 @@ fn jobs_config(
     if !(g.top_p > 0.0 && g.top_p <= 1.0) {
         return err("--top-p must be in (0, 1]");
     }
+    if !(g.dry_multiplier >= 0.0 && g.dry_multiplier.is_finite()) {
+        return err("--dry-multiplier must be a number >= 0");
+    }
+    if !(g.dry_base >= 1.0 && g.dry_base.is_finite()) {
+        return err("--dry-base must be a number >= 1");
+    }
     let prompts = prompt
         .prompts
         .iter()
@@ -300,6 +306,11 @@ fn jobs_config(
             top_k: g.top_k,
             top_p: g.top_p,
             seed: g.seed,
+            repeat_guard: g.repeat_guard.is_on().then_some(RepeatGuard {
+                multiplier: g.dry_multiplier,
+                base: g.dry_base,
+                allowed_length: g.dry_allowed_length,
+            }),
         },
         overflow: g.overflow,
         shard: input

@@ -14,6 +14,9 @@ pub struct SamplingParams {
     /// 1.0 means no nucleus cut.
     pub top_p: f32,
     pub seed: u64,
+    /// Penalize tokens that would repeat an earlier run of the answer (the command line turns
+    /// it on by default; plain greedy without it).
+    pub repeat_guard: Option<RepeatGuard>,
 }
 
 impl Default for SamplingParams {
@@ -23,6 +26,63 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             seed: 42,
+            repeat_guard: None,
+        }
+    }
+}
+
+/// The DRY ("don't repeat yourself") penalty of llama.cpp and koboldcpp, over the answer's own
+/// tokens: a token that would extend a repeat of an earlier span of `n ≥ allowed_length`
+/// tokens loses `multiplier · base^(n − allowed_length)` from its logit. Deterministic, and
+/// the same for a sequence whatever else shares its steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RepeatGuard {
+    pub multiplier: f32,
+    pub base: f32,
+    pub allowed_length: usize,
+}
+
+impl Default for RepeatGuard {
+    /// llama.cpp's suggested DRY settings.
+    fn default() -> Self {
+        Self {
+            multiplier: 0.8,
+            base: 1.75,
+            allowed_length: 2,
+        }
+    }
+}
+
+/// Repeats longer than this add no more penalty (base^n would overflow).
+const MAX_PENALIZED_REPEAT: usize = 40;
+
+impl RepeatGuard {
+    /// Lowers the logits of the tokens that would extend a repeat of `generated`'s end.
+    pub fn apply(&self, generated: &[u32], logits: &mut [f32]) {
+        let len = generated.len();
+        if len < self.allowed_length {
+            return;
+        }
+        // For every earlier position i, how many tokens before it equal the answer's last ones:
+        // token generated[i] would extend a repeat of that length.
+        let mut longest: Vec<(u32, usize)> = Vec::new();
+        for i in 1..len {
+            let mut n = 0;
+            while n < i && generated[i - 1 - n] == generated[len - 1 - n] {
+                n += 1;
+            }
+            if n >= self.allowed_length {
+                match longest.iter_mut().find(|(t, _)| *t == generated[i]) {
+                    Some((_, m)) => *m = (*m).max(n),
+                    None => longest.push((generated[i], n)),
+                }
+            }
+        }
+        for (token, n) in longest {
+            let excess = (n - self.allowed_length).min(MAX_PENALIZED_REPEAT) as i32;
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l -= self.multiplier * self.base.powi(excess);
+            }
         }
     }
 }
@@ -120,6 +180,7 @@ mod tests {
             top_k: 0,
             top_p: 1.0,
             seed: 7,
+            repeat_guard: None,
         };
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let draw = |key| {
@@ -131,12 +192,33 @@ mod tests {
     }
 
     #[test]
+    fn the_repeat_guard_penalizes_what_would_extend_a_repeat() {
+        let guard = RepeatGuard::default();
+        // "1 2 3 4 1 2 3": next 4 would repeat "1 2 3 4" (3 tokens matched before it).
+        let mut logits = vec![0.0f32; 6];
+        guard.apply(&[1, 2, 3, 4, 1, 2, 3], &mut logits);
+        let expected = 0.8 * 1.75f32.powi(1);
+        assert!((logits[4] + expected).abs() < 1e-6, "{logits:?}");
+        assert_eq!(logits.iter().filter(|&&l| l != 0.0).count(), 1);
+        // One matched token is allowed.
+        let mut logits = vec![0.0f32; 6];
+        guard.apply(&[1, 2, 5, 1], &mut logits);
+        assert!(logits.iter().all(|&l| l == 0.0));
+        // Long loops get a large penalty, without overflow.
+        let looping: Vec<u32> = (0..400).map(|i| i % 5).collect();
+        let mut logits = vec![0.0f32; 6];
+        guard.apply(&looping, &mut logits);
+        assert!(logits[0] < -1000.0 && logits[0].is_finite());
+    }
+
+    #[test]
     fn top_k_one_is_greedy() {
         let params = SamplingParams {
             temperature: 2.0,
             top_k: 1,
             top_p: 1.0,
             seed: 0,
+            repeat_guard: None,
         };
         let mut s = Sampler::new(params, 9);
         for _ in 0..10 {

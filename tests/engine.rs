@@ -867,3 +867,46 @@ fn prefix_reuse_gives_the_completions_of_whole_prefills() {
         );
     }
 }
+
+/// The repeat guard reads only its own sequence's tokens: the same completions at every K, and
+/// fewer repeated 4-grams than plain greedy on the random model's loops.
+#[test]
+fn the_repeat_guard_is_per_sequence_and_breaks_loops() {
+    let fx = tiny();
+    let jobs_with = |guard: Option<docanalyze::sampler::RepeatGuard>| -> Vec<Job> {
+        (0..6)
+            .map(|i| {
+                let mut job = greedy_job(i, prompt(5 + i, i as u32 + 40), 60, true);
+                job.sampling.repeat_guard = guard;
+                job
+            })
+            .collect()
+    };
+    let guarded = jobs_with(Some(Default::default()));
+    let config = |sequences| EngineConfig {
+        sequences,
+        ctx: 256,
+        batch_size: 64,
+    };
+    let one = run_engine(&fx, config(1), &guarded);
+    let three = run_engine(&fx, config(3), &guarded);
+    for (i, c) in &one {
+        assert_eq!(c.tokens, three[i].tokens, "job {i}");
+    }
+    let repeats = |done: &BTreeMap<usize, Completion>| -> usize {
+        done.values()
+            .map(|c| {
+                let grams: Vec<&[u32]> = c.tokens.windows(4).collect();
+                let distinct: std::collections::HashSet<&[u32]> = grams.iter().copied().collect();
+                grams.len() - distinct.len()
+            })
+            .sum()
+    };
+    let plain = run_engine(&fx, config(3), &jobs_with(None));
+    assert!(
+        repeats(&one) < repeats(&plain),
+        "guarded {} vs plain {} repeated 4-grams",
+        repeats(&one),
+        repeats(&plain)
+    );
+}

@@ -166,14 +166,20 @@ impl<'m> Engine<'m> {
         if seq.job.labels.is_some() {
             return self.sample_label(seq, logits);
         }
-        let token = if seq.job.ignore_eos {
-            let mut masked = logits.to_vec();
-            for &id in &self.eog_ids {
-                if let Some(l) = masked.get_mut(id as usize) {
-                    *l = f32::NEG_INFINITY;
+        let guard = seq.job.sampling.repeat_guard;
+        let token = if seq.job.ignore_eos || guard.is_some() {
+            let mut adjusted = logits.to_vec();
+            if let Some(guard) = guard {
+                guard.apply(&seq.generated, &mut adjusted);
+            }
+            if seq.job.ignore_eos {
+                for &id in &self.eog_ids {
+                    if let Some(l) = adjusted.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
                 }
             }
-            seq.sampler.sample(&masked)
+            seq.sampler.sample(&adjusted)
         } else {
             seq.sampler.sample(logits)
         };

@@ -91,10 +91,11 @@ impl SlotKvCache {
         self.keys
             .iter()
             .zip(&self.values)
+            // The rows alone: `copy` would clone the whole buffer behind the view.
             .map(|(k, v)| {
                 Ok((
-                    k.narrow(0, start, len)?.copy()?,
-                    v.narrow(0, start, len)?.copy()?,
+                    k.narrow(0, start, len)?.force_contiguous()?,
+                    v.narrow(0, start, len)?.force_contiguous()?,
                 ))
             })
             .collect()
