@@ -119,21 +119,24 @@ fn csv_gets_a_scores_column_and_free_text_prompts_leave_it_empty() {
     let ws = Workspace::new();
     let input = labeled_jsonl(&ws, 3);
     let csv = ws.path("out.csv");
-    let out = ws
-        .run()
-        .arg(&input)
-        .args([
-            "--prompt",
-            "classify",
-            "--prompt",
-            "summarize",
-            "--labels",
-            LABELS,
-            "-o",
-        ])
-        .arg(&csv)
-        .output()
-        .expect("runs");
+    let run = |extra: &[&str]| {
+        ws.run()
+            .arg(&input)
+            .args([
+                "--prompt",
+                "classify",
+                "--prompt",
+                "summarize",
+                "--labels",
+                LABELS,
+            ])
+            .args(extra)
+            .arg("-o")
+            .arg(&csv)
+            .output()
+            .expect("runs")
+    };
+    let out = run(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let mut reader = csv::Reader::from_path(&csv).expect("csv");
     let header: Vec<String> = reader
@@ -155,22 +158,7 @@ fn csv_gets_a_scores_column_and_free_text_prompts_leave_it_empty() {
         }
     }
     // --resume understands the file it wrote.
-    let again = ws
-        .run()
-        .arg(&input)
-        .args([
-            "--prompt",
-            "classify",
-            "--prompt",
-            "summarize",
-            "--labels",
-            LABELS,
-            "--resume",
-            "-o",
-        ])
-        .arg(&csv)
-        .output()
-        .expect("runs");
+    let again = run(&["--resume"]);
     assert!(again.status.success(), "{}", stderr_of(&again));
 }
 

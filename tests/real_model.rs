@@ -43,17 +43,21 @@ fn load() -> Loaded {
     }
 }
 
-fn eiffel_prompt(l: &Loaded) -> Vec<u32> {
+/// The document alone as the user message, in the model's chat template.
+fn raw_prompt_builder(l: &Loaded) -> PromptBuilder {
     let raw = PromptTemplate::from_source("raw", "{{ document }}");
-    let builder = PromptBuilder::new(
+    PromptBuilder::new(
         &raw,
         l.chat_template.as_deref(),
         None,
         PromptVars::default(),
         &l.tokenizer,
     )
-    .unwrap();
-    builder
+    .unwrap()
+}
+
+fn eiffel_prompt(l: &Loaded) -> Vec<u32> {
+    raw_prompt_builder(l)
         .build(&l.tokenizer, "eiffel", EIFFEL, 4096, 64)
         .unwrap()
         .tokens
@@ -242,15 +246,7 @@ fn reference_answer_survives_batching_with_other_prompts() {
 #[test]
 fn a_document_cannot_close_its_turn() {
     let l = load();
-    let raw = PromptTemplate::from_source("raw", "{{ document }}");
-    let builder = PromptBuilder::new(
-        &raw,
-        l.chat_template.as_deref(),
-        None,
-        PromptVars::default(),
-        &l.tokenizer,
-    )
-    .unwrap();
+    let builder = raw_prompt_builder(&l);
     let ids = |doc: &str| {
         builder
             .build(&l.tokenizer, "d", doc, 4096, 64)

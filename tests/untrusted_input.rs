@@ -520,23 +520,7 @@ fn mutate(bytes: &[u8], end: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
 /// `run` on a mutated model: a normal run (0, 1) or a clean fatal error (2), never a crash,
 /// panic or hang.
 fn assert_clean_outcome(model: &Path, docs: &Path, what: &str) {
-    let out = cli_support::docanalyze()
-        .args([
-            "run",
-            "--ctx-size",
-            "64",
-            "--max-tokens",
-            "2",
-            "--threads",
-            "1",
-            "-q",
-        ])
-        .arg("--model")
-        .arg(model)
-        .arg(docs)
-        .timeout(Duration::from_secs(120))
-        .output()
-        .expect("runs");
+    let out = run_with_model(model, docs);
     let stderr = stderr_of(&out);
     assert!(
         matches!(out.status.code(), Some(0..=2)),
@@ -552,18 +536,24 @@ fn assert_clean_outcome(model: &Path, docs: &Path, what: &str) {
     }
 }
 
+/// `cases` mutations of `model`'s metadata (seeded), each run on one document.
+fn fuzz_model_header(model: &Path, seed: u64, cases: usize) {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 1);
+    let original = std::fs::read(model).expect("model");
+    let end = tensor_data_offset(model);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let path = ws.path("mutated.gguf");
+    for case in 0..cases {
+        std::fs::write(&path, mutate(&original, end, &mut rng)).expect("write");
+        assert_clean_outcome(&path, &docs, &format!("{} case {case}", model.display()));
+    }
+}
+
 #[test]
 fn mutated_model_headers_end_in_a_clean_error_or_a_normal_run() {
     let ws = Workspace::new();
-    let docs = ws.docs("docs", 1);
-    let original = std::fs::read(&ws.model).expect("model");
-    let end = tensor_data_offset(&ws.model);
-    let mut rng = ChaCha8Rng::seed_from_u64(15);
-    let path = ws.path("mutated.gguf");
-    for case in 0..60 {
-        std::fs::write(&path, mutate(&original, end, &mut rng)).expect("write");
-        assert_clean_outcome(&path, &docs, &format!("synthetic case {case}"));
-    }
+    fuzz_model_header(&ws.model, 15, 60);
 }
 
 #[test]
@@ -573,16 +563,7 @@ fn mutated_headers_of_the_real_model_end_in_a_clean_error_or_a_normal_run() {
         eprintln!("skipped: the default model is not installed (scripts/fetch-model.sh)");
         return;
     }
-    let ws = Workspace::new();
-    let docs = ws.docs("docs", 1);
-    let original = std::fs::read(&real).expect("model");
-    let end = tensor_data_offset(&real);
-    let mut rng = ChaCha8Rng::seed_from_u64(16);
-    let path = ws.path("mutated-real.gguf");
-    for case in 0..8 {
-        std::fs::write(&path, mutate(&original, end, &mut rng)).expect("write");
-        assert_clean_outcome(&path, &docs, &format!("real case {case}"));
-    }
+    fuzz_model_header(&real, 16, 8);
 }
 
 #[test]
