@@ -314,9 +314,17 @@ pub struct PromptArgs {
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
 
-    /// Fields for the extract prompt, comma separated.
+    /// Fields for the extract prompt, comma separated: the answer is a JSON object of exactly
+    /// these keys, each a string or null.
     #[arg(long, value_delimiter = ',')]
     pub fields: Vec<String>,
+
+    /// A JSON Schema the answers of `extract` (or a template using `fields`/`schema`) must
+    /// follow: generation is constrained so the output is always valid JSON of that schema
+    /// (object, properties, required, string/number/integer/boolean/null, enum, array with
+    /// items/maxItems, nested objects, additionalProperties false).
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
 
     /// System message (default: the chat template's own).
     #[arg(long)]

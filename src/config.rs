@@ -65,6 +65,42 @@ fn expand_shard(path: &str, flag: &str, shard: Option<Shard>) -> Result<String, 
     }
 }
 
+/// The values templates get: labels, fields (from `--fields`, else the schema's top-level
+/// properties), the schema.
+fn prompt_vars(prompt: &PromptArgs) -> Result<PromptVars, ConfigError> {
+    let schema = match &prompt.schema {
+        Some(path) => Some(read_schema(path)?),
+        None => None,
+    };
+    let fields = match (&schema, prompt.fields.is_empty()) {
+        (Some(schema), true) => schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default(),
+        _ => prompt.fields.clone(),
+    };
+    let schema_source = match &prompt.schema {
+        Some(path) => format!("--schema {}", path.display()),
+        None if !prompt.fields.is_empty() => "--fields".to_string(),
+        None => String::new(),
+    };
+    Ok(PromptVars {
+        labels: prompt.labels.clone(),
+        fields,
+        schema,
+        schema_source,
+    })
+}
+
+/// `--schema FILE`: a JSON document, or an error naming the file.
+fn read_schema(path: &Path) -> Result<serde_json::Value, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--schema {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ConfigError(format!("--schema {}: not JSON: {e}", path.display())))
+}
+
 /// Labels must be non-empty and distinct ignoring case (an answer is matched whatever its
 /// case).
 fn check_labels(labels: &[String]) -> Result<(), ConfigError> {
@@ -266,8 +302,11 @@ fn jobs_config(
     if prompt.prompts.iter().any(|p| p == "classify") && prompt.labels.is_empty() {
         return err("--prompt classify needs --labels a,b,c");
     }
-    if prompt.prompts.iter().any(|p| p == "extract") && prompt.fields.is_empty() {
-        return err("--prompt extract needs --fields name,date,...");
+    if prompt.prompts.iter().any(|p| p == "extract")
+        && prompt.fields.is_empty()
+        && prompt.schema.is_none()
+    {
+        return err("--prompt extract needs --fields name,date,... or --schema FILE");
     }
     let inputs = input
         .inputs
@@ -294,10 +333,7 @@ fn jobs_config(
             gold: input.gold_field.clone(),
         },
         prompts,
-        vars: PromptVars {
-            labels: prompt.labels.clone(),
-            fields: prompt.fields.clone(),
-        },
+        vars: prompt_vars(prompt)?,
         system: prompt.system.clone(),
         max_tokens: g.max_tokens,
         ignore_eos: g.ignore_eos,

@@ -84,6 +84,11 @@ impl ControlTokens {
         &self.strings
     }
 
+    /// The id of each control token (in the order of [`ControlTokens::strings`]).
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
     /// `value` (data) with every control string escaped, so that no template can emit it as a
     /// control token. Borrowed when there was nothing to escape (the common case).
     pub fn escape<'a>(&self, value: &'a str) -> Cow<'a, str> {

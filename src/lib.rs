@@ -12,6 +12,7 @@ pub mod device;
 pub mod engine;
 pub mod info;
 pub mod input;
+pub mod json_answers;
 pub mod labels;
 pub mod loaded_model;
 pub mod merge;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::accuracy::Confusion;
 use crate::engine::{Completion, Engine, Flow, Job, StopReason};
 use crate::input::Document;
+use crate::json_answers::parse_answer;
 use crate::labels::LabelSet;
 use crate::output::{Record, Sink, Status};
 use crate::prompt::{Overflow, PromptBuilder, PromptError};
@@ -88,6 +89,8 @@ struct JobMeta {
     prompt: String,
     truncated: bool,
     labels: Option<Arc<LabelSet>>,
+    /// The answer is JSON (parsed, compacted, or an error record when cut).
+    json: bool,
     /// The label scores of a content-free input, to divide the answer's scores by.
     prior: Option<Arc<Vec<f64>>>,
     gold: Option<String>,
@@ -254,6 +257,7 @@ pub fn run_documents_with(
                                 prompt: prompt_name.to_string(),
                                 truncated: built.truncated,
                                 labels: labels.clone(),
+                                json: builder.json().is_some(),
                                 prior: settings.priors.get(builder_index).cloned().flatten(),
                                 gold: doc.gold.clone(),
                             },
@@ -266,6 +270,7 @@ pub fn run_documents_with(
                             ignore_eos: settings.ignore_eos,
                             sampling: settings.sampling,
                             labels,
+                            json: builder.json().cloned(),
                         });
                     }
                     Err(e) => {
@@ -331,6 +336,7 @@ fn completion_record(meta: JobMeta, done: &Completion, tokenizer: &Tokenizer) ->
         latency_ms: done.latency.as_millis() as u64,
         error: String::new(),
         scores: None,
+        fields: None,
     };
     if done.tokens.is_empty() && done.stop_reason == StopReason::Context {
         record.status = Status::Error;
@@ -347,6 +353,16 @@ fn completion_record(meta: JobMeta, done: &Completion, tokenizer: &Tokenizer) ->
         return record;
     }
     match tokenizer.decode(&done.tokens) {
+        Ok(text) if meta.json => match parse_answer(&text) {
+            Ok((compact, value)) => {
+                record.output = compact;
+                record.fields = Some(value);
+            }
+            Err(message) => {
+                record.status = Status::Error;
+                record.error = format!("{}: {message}", record.source);
+            }
+        },
         Ok(text) => record.output = text.trim().to_string(),
         Err(e) => {
             record.status = Status::Error;
@@ -399,6 +415,7 @@ pub fn label_priors(
             ignore_eos: false,
             sampling: SamplingParams::default(),
             labels: Some(labels.clone()),
+            json: None,
         });
         let mut prior = None;
         engine.run(

@@ -9,6 +9,7 @@ use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Template, 
 use serde::Serialize;
 
 use crate::control_tokens::ControlTokens;
+use crate::json_answers::{fields_schema, JsonConstraint};
 use crate::labels::LabelSet;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -56,6 +57,8 @@ pub enum PromptError {
     ChatTemplate { message: String },
     #[error("--labels: {0}")]
     Labels(String),
+    #[error("{origin}: the JSON schema cannot be used: {message}")]
+    Schema { origin: String, message: String },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error("the prompt of `{name}` needs {needed} tokens but only {available} fit the context ({ctx} positions, {max_tokens} kept for the answer)")]
@@ -161,6 +164,21 @@ impl PromptTemplate {
         matches!(self.name.as_str(), "classify" | "sentiment") || self.source.contains("labels")
     }
 
+    /// Whether the answer is JSON: the built-in `extract` and `keywords`, and template files
+    /// that use `fields` or `schema` (when there is a schema).
+    pub fn answers_with_json(&self) -> bool {
+        matches!(self.name.as_str(), "extract" | "keywords")
+            || self.source.contains("fields")
+            || self.source.contains("schema")
+    }
+
+    /// The schema used when neither `--schema` nor `--fields` gives one.
+    pub fn default_schema(&self) -> Option<serde_json::Value> {
+        (self.name == "keywords").then(
+            || serde_json::json!({"type": "array", "items": {"type": "string"}, "maxItems": 10}),
+        )
+    }
+
     /// The labels used when `--labels` is not given.
     pub fn default_labels(&self) -> &'static [&'static str] {
         match self.name.as_str() {
@@ -175,6 +193,12 @@ impl PromptTemplate {
 pub struct PromptVars {
     pub labels: Vec<String>,
     pub fields: Vec<String>,
+    /// The JSON schema answers must follow (`--schema`, or made from `--fields`).
+    #[serde(skip)]
+    pub schema: Option<serde_json::Value>,
+    /// Where the schema came from, for messages (`--schema FILE`).
+    #[serde(skip)]
+    pub schema_source: String,
 }
 
 #[derive(Serialize)]
@@ -201,6 +225,7 @@ pub struct PromptBuilder {
     eos_token: String,
     controls: Arc<ControlTokens>,
     labels: Option<Arc<LabelSet>>,
+    json: Option<Arc<JsonConstraint>>,
 }
 
 impl PromptBuilder {
@@ -243,11 +268,30 @@ impl PromptBuilder {
         } else {
             None
         };
+        let schema = vars
+            .schema
+            .clone()
+            .or_else(|| (!vars.fields.is_empty()).then(|| fields_schema(&vars.fields)))
+            .or_else(|| template.default_schema());
+        let json = match schema {
+            Some(schema) if template.answers_with_json() && labels.is_none() => Some(Arc::new(
+                JsonConstraint::new(&schema, tokenizer).map_err(|message| PromptError::Schema {
+                    origin: if vars.schema_source.is_empty() {
+                        format!("prompt `{}`", template.name)
+                    } else {
+                        vars.schema_source.clone()
+                    },
+                    message,
+                })?,
+            )),
+            _ => None,
+        };
         let builder = Self {
             env,
             name: template.name.clone(),
             system,
             labels,
+            json,
             vars,
             bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
             eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
@@ -270,6 +314,11 @@ impl PromptBuilder {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The schema this prompt's answers follow, if it answers with JSON.
+    pub fn json(&self) -> Option<&Arc<JsonConstraint>> {
+        self.json.as_ref()
     }
 
     /// The labels this prompt answers with, if it answers with a label.

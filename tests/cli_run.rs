@@ -119,12 +119,20 @@ fn two_prompts_give_two_records_per_document() {
     let ws = Workspace::new();
     let docs = ws.docs("docs", 3);
     let out = ws.path("out.csv");
-    ws.run()
+    // (keywords answers a JSON array, which 8 tokens of the tiny model may leave unfinished:
+    // an error record, exit 1; still one record per document and prompt.)
+    let run = ws
+        .run()
         .arg(&docs)
         .args(["--prompt", "summarize", "--prompt", "keywords", "-q", "-o"])
         .arg(&out)
-        .assert()
-        .success();
+        .output()
+        .unwrap();
+    assert!(
+        matches!(run.status.code(), Some(0 | 1)),
+        "{}",
+        stderr_of(&run)
+    );
     let mut reader = csv::Reader::from_path(&out).unwrap();
     let mut pairs: Vec<(String, String)> = reader
         .records()

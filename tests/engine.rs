@@ -450,6 +450,7 @@ fn greedy_job(index: usize, prompt: Vec<u32>, max_tokens: usize, ignore_eos: boo
         ignore_eos,
         sampling: SamplingParams::default(),
         labels: None,
+        json: None,
     }
 }
 

@@ -82,6 +82,7 @@ fn generate(l: &Loaded, prompts: &[Vec<u32>], sequences: usize) -> Vec<Completio
         ignore_eos: false,
         sampling: SamplingParams::default(),
         labels: None,
+        json: None,
     });
     let mut done = Vec::new();
     engine

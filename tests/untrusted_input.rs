@@ -112,6 +112,7 @@ fn control_strings_in_data_are_text_for_every_chat_template_family() {
                 PromptVars {
                     labels,
                     fields: Vec::new(),
+                    ..PromptVars::default()
                 },
                 &tokenizer,
             )

@@ -166,6 +166,9 @@ impl<'m> Engine<'m> {
         if seq.job.labels.is_some() {
             return self.sample_label(seq, logits);
         }
+        if seq.matcher.is_some() {
+            return self.sample_json(seq, logits);
+        }
         let guard = seq.job.sampling.repeat_guard;
         let token = if seq.job.ignore_eos || guard.is_some() {
             let mut adjusted = logits.to_vec();
@@ -195,6 +198,42 @@ impl<'m> Engine<'m> {
             return Some(StopReason::Context);
         }
         None
+    }
+
+    /// The next token of a JSON job: one its grammar allows; the end only once the JSON is
+    /// complete. `max_tokens` may cut it (the record then says the JSON is incomplete).
+    fn sample_json(&self, seq: &mut Sequence, logits: &[f32]) -> Option<StopReason> {
+        let matcher = seq.matcher.as_mut().expect("a JSON job");
+        let Ok(mask) = matcher.compute_mask_or_eos() else {
+            return Some(StopReason::Stop);
+        };
+        let masked: Vec<f32> = logits
+            .iter()
+            .enumerate()
+            .map(|(id, &l)| {
+                if mask.is_allowed(id as u32) {
+                    l
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let token = seq.sampler.sample(&masked);
+        if self.eog_ids.contains(&token) {
+            return Some(StopReason::Eos);
+        }
+        if matcher.consume_token(token).is_err() {
+            return Some(StopReason::Stop);
+        }
+        seq.generated.push(token);
+        if matcher.is_stopped() {
+            return Some(StopReason::Eos);
+        }
+        if seq.generated.len() >= seq.job.max_tokens {
+            return Some(StopReason::Length);
+        }
+        (seq.job.prompt.len() + seq.generated.len() > self.config.ctx)
+            .then_some(StopReason::Context)
     }
 
     /// The next token of a label job: one that keeps the answer on a label's path (see

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::json_answers::JsonConstraint;
 use crate::labels::{LabelSet, LabelState};
 use crate::model::SlotId;
 use crate::sampler::{Sampler, SamplingParams};
@@ -20,6 +21,8 @@ pub struct Job {
     pub sampling: SamplingParams,
     /// The answer must be one of these labels (decoding is constrained to them).
     pub labels: Option<Arc<LabelSet>>,
+    /// The answer must be JSON valid against this schema.
+    pub json: Option<Arc<JsonConstraint>>,
 }
 
 /// Why a sequence stopped generating.
@@ -74,13 +77,17 @@ pub struct Sequence {
     pub label_state: Option<LabelState>,
     /// The label a label job answered.
     pub answered: Option<usize>,
+    /// A JSON job's grammar state.
+    pub matcher: Option<llguidance::Matcher>,
 }
 
 impl Sequence {
     pub fn new(job: Job, slot: SlotId) -> Self {
         let sampler = Sampler::new(job.sampling, job.key);
         let label_state = job.labels.as_ref().map(|set| set.start());
+        let matcher = job.json.as_ref().map(|c| c.matcher());
         Self {
+            matcher,
             label_state,
             answered: None,
             job,

@@ -56,6 +56,9 @@ pub struct Record {
         serialize_with = "scores_as_object"
     )]
     pub scores: Option<Vec<(String, f64)>>,
+    /// JSON answers: the parsed value (JSONL `fields`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Value>,
 }
 
 fn scores_as_object<S: Serializer>(
@@ -85,6 +88,7 @@ impl Record {
             latency_ms: 0,
             error,
             scores: None,
+            fields: None,
         }
     }
 

@@ -338,6 +338,36 @@ impl Tokenizer {
         }
     }
 
+    /// Each token as the bytes it stands for, control tokens as `0xFF` and their text (the
+    /// form llguidance's token trie takes).
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let controls: std::collections::HashSet<u32> =
+            self.controls.ids().iter().copied().collect();
+        match &self.vocabulary {
+            Vocabulary::Spm(spm) => spm.token_bytes(),
+            Vocabulary::Hf { inner, .. } => {
+                let byte_of: std::collections::HashMap<char, u8> =
+                    crate::model::synthetic::byte_level_chars()
+                        .iter()
+                        .enumerate()
+                        .map(|(b, &c)| (c, b as u8))
+                        .collect();
+                (0..inner.get_vocab_size(true) as u32)
+                    .map(|id| {
+                        let text = inner.id_to_token(id).unwrap_or_default();
+                        if controls.contains(&id) {
+                            return [&[0xFF][..], text.as_bytes()].concat();
+                        }
+                        // Byte-level BPE: every character stands for one byte.
+                        let bytes: Option<Vec<u8>> =
+                            text.chars().map(|c| byte_of.get(&c).copied()).collect();
+                        bytes.unwrap_or_else(|| text.replace('\u{2581}', " ").into_bytes())
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// The control tokens (chat markup) only templates may write.
     pub fn control_tokens(&self) -> Arc<ControlTokens> {
         self.controls.clone()

@@ -270,6 +270,22 @@ impl Spm {
     }
 }
 
+impl Spm {
+    /// Each token as the bytes it stands for (`▁` a space, `<0xNN>` its byte), control
+    /// tokens as `0xFF` and their name (so no text can spell them).
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        self.pieces
+            .iter()
+            .zip(&self.types)
+            .map(|(piece, &ty)| match ty {
+                TYPE_CONTROL => [&[0xFF][..], piece.as_bytes()].concat(),
+                TYPE_BYTE => byte_of(piece).map_or_else(Vec::new, |b| vec![b]),
+                _ => piece.replace(SPACE, " ").into_bytes(),
+            })
+            .collect()
+    }
+}
+
 /// The byte of a `<0xNN>` piece.
 fn byte_of(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
