@@ -22,7 +22,7 @@ use crate::input::{
 use crate::loaded_model::LoadedModel;
 use crate::merge::{merge, MergeConfig};
 use crate::output::lock::OutputLock;
-use crate::output::{csv_columns, open_sink, sink, Format, Sink};
+use crate::output::{csv_columns, open_sink, sink, ExtraColumns, Format, Sink};
 use crate::panic_guard::catch_quietly;
 use crate::pipeline::{label_priors, run_documents_with, JobSettings, RunControl, RunSummary};
 use crate::progress::Terminal;
@@ -170,17 +170,36 @@ fn job_documents(
     }
 }
 
+/// The CSV columns the prompts add: their JSON schemas' properties (each once, in order), then
+/// `scores` if one answers with labels.
+fn extra_columns(builders: &[PromptBuilder]) -> ExtraColumns {
+    let mut properties: Vec<String> = Vec::new();
+    for p in builders
+        .iter()
+        .filter_map(|b| b.json())
+        .flat_map(|j| j.properties())
+    {
+        if !properties.contains(p) {
+            properties.push(p.clone());
+        }
+    }
+    ExtraColumns {
+        properties,
+        scores: builders.iter().any(|b| b.labels().is_some()),
+    }
+}
+
 /// Opens the output: appended to after its complete records with `--resume`, else replaced.
-/// `scores`: a prompt answers with labels (CSV gets a `scores` column).
+/// `extra`: the CSV columns after the base ones.
 fn open_output(
     config: &RunConfig,
     existing: Option<&ExistingOutput>,
-    scores: bool,
+    extra: ExtraColumns,
     terminal: &Terminal,
 ) -> anyhow::Result<Box<dyn Sink>> {
     let opened = match existing {
         Some(existing) => {
-            let columns = csv_columns(scores);
+            let columns = csv_columns(&extra);
             if !existing.header.is_empty() && existing.header != columns {
                 anyhow::bail!(
                     "--resume: {} has the columns {}, but this run writes {}: resume with the prompts of the run that wrote it",
@@ -194,10 +213,10 @@ fn open_output(
                 Box::new(file),
                 config.format,
                 existing.needs_header(),
-                scores,
+                extra,
             )
         }
-        None => open_sink(&config.output, config.format, scores, || terminal.stdout()),
+        None => open_sink(&config.output, config.format, extra, || terminal.stdout()),
     };
     opened.with_context(|| format!("cannot write output {}", config.output))
 }
@@ -251,8 +270,12 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(signal.exit_code()));
     }
     // Opened only now: a failed start never truncates yesterday's results.
-    let scores = builders.iter().any(|b| b.labels().is_some());
-    let mut sink = open_output(&config, existing.as_ref(), scores, terminal)?;
+    let mut sink = open_output(
+        &config,
+        existing.as_ref(),
+        extra_columns(&builders),
+        terminal,
+    )?;
     if let Some(lock) = &mut lock {
         lock.keep();
     }

@@ -121,6 +121,9 @@ pub struct BenchRow {
     pub documents_failed: usize,
     pub kv_bytes_total: usize,
     pub peak_rss_bytes: u64,
+    /// Per label prompt, the share answered right (`--gold-field`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub accuracy: BTreeMap<String, f64>,
 }
 
 /// The table and what it was measured on: the JSON of `bench --report`.
@@ -166,6 +169,11 @@ impl BenchReport {
                     documents_failed: r.documents_failed,
                     kv_bytes_total: r.kv_bytes_total,
                     peak_rss_bytes: r.peak_rss_bytes,
+                    accuracy: r
+                        .accuracy
+                        .iter()
+                        .map(|(prompt, a)| (prompt.clone(), a.accuracy))
+                        .collect(),
                 }
             })
             .collect();
@@ -207,8 +215,13 @@ impl BenchReport {
             "K", "wall s", "docs/min", "prefill tok/s", "decode tok/s", "mean active", "speedup"
         ));
         for r in &self.rows {
+            let accuracy: String = r
+                .accuracy
+                .iter()
+                .map(|(prompt, a)| format!("  {prompt} accuracy {:.1}%", a * 100.0))
+                .collect();
             out.push_str(&format!(
-                "{:>4}  {:>8.2}  {:>8.1}  {:>13.1}  {:>12.1}  {:>11.2}  {:>6.2}x\n",
+                "{:>4}  {:>8.2}  {:>8.1}  {:>13.1}  {:>12.1}  {:>11.2}  {:>6.2}x{accuracy}\n",
                 r.sequences,
                 r.wall_s,
                 r.docs_per_min,

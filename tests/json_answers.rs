@@ -188,3 +188,42 @@ fn bad_schemas_are_refused_naming_the_file() {
         assert!(stderr.contains(name) && stderr.contains(needle), "{stderr}");
     }
 }
+
+#[test]
+fn csv_gets_a_column_per_schema_property() {
+    let ws = Workspace::new();
+    std::fs::write(ws.path("schema.json"), SCHEMA).expect("write");
+    let docs = ws.jsonl("docs.jsonl", 6);
+    let csv = ws.path("out.csv");
+    let out = run(&ws, "200")
+        .arg(&docs)
+        .args(["--prompt", "extract", "--schema"])
+        .arg(ws.path("schema.json"))
+        .args(["--temperature", "1.0", "-o"])
+        .arg(&csv)
+        .output()
+        .expect("runs");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        stderr_of(&out)
+    );
+    let mut reader = csv::Reader::from_path(&csv).expect("csv");
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(header[10..], ["topic", "year", "people", "source"]);
+    for row in reader.records() {
+        let row = row.expect("row");
+        if &row[3] != "ok" {
+            continue;
+        }
+        let value: Value = serde_json::from_str(&row[4]).expect("output JSON");
+        assert_eq!(&row[10], value["topic"].as_str().expect("topic"));
+        let source: Value = serde_json::from_str(&row[13]).expect("nested value as JSON text");
+        assert_eq!(source, value["source"]);
+    }
+}

@@ -6,23 +6,31 @@ use super::{Record, Sink, CSV_COLUMNS};
 
 pub struct CsvSink {
     out: Box<dyn Write>,
-    /// A `scores` column after the base columns (some prompt answers with labels).
-    scores: bool,
+    extra: ExtraColumns,
+}
+
+/// Columns after the base ones, known before the first record: one per top-level property of
+/// the JSON answers' schemas, then `scores` when a prompt answers with labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraColumns {
+    pub properties: Vec<String>,
+    pub scores: bool,
 }
 
 impl CsvSink {
     pub fn new(writer: Box<dyn Write>) -> io::Result<Self> {
-        Self::with_header(writer, true, false)
+        Self::with_header(writer, true, ExtraColumns::default())
     }
 
     /// `header = false` when appending to a file that already has one.
-    pub fn with_header(writer: Box<dyn Write>, header: bool, scores: bool) -> io::Result<Self> {
-        let mut sink = Self {
-            out: writer,
-            scores,
-        };
+    pub fn with_header(
+        writer: Box<dyn Write>,
+        header: bool,
+        extra: ExtraColumns,
+    ) -> io::Result<Self> {
+        let mut sink = Self { out: writer, extra };
         if header {
-            sink.write_row(csv_columns(scores))?;
+            sink.write_row(csv_columns(&sink.extra))?;
         }
         Ok(sink)
     }
@@ -51,18 +59,22 @@ impl CsvSink {
 impl Sink for CsvSink {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         let mut row = record.csv_row().to_vec();
-        if self.scores {
+        for property in &self.extra.properties {
+            row.push(record.field_text(property));
+        }
+        if self.extra.scores {
             row.push(record.scores_text());
         }
         self.write_row(row)
     }
 }
 
-/// The CSV header: the base columns, then `scores` when a prompt answers with labels.
-pub fn csv_columns(scores: bool) -> Vec<&'static str> {
-    let mut columns = CSV_COLUMNS.to_vec();
-    if scores {
-        columns.push("scores");
+/// The CSV header: the base columns, then the extra ones.
+pub fn csv_columns(extra: &ExtraColumns) -> Vec<String> {
+    let mut columns: Vec<String> = CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
+    columns.extend(extra.properties.iter().cloned());
+    if extra.scores {
+        columns.push("scores".into());
     }
     columns
 }

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
-pub use csv_sink::{csv_columns, CsvSink};
+pub use csv_sink::{csv_columns, CsvSink, ExtraColumns};
 pub use jsonl_sink::JsonlSink;
 pub use record::{Record, Status, CSV_COLUMNS};
 
@@ -56,7 +56,7 @@ impl Sink for RecordBuffer {
 pub fn open_sink(
     output: &str,
     format: Format,
-    scores: bool,
+    extra: ExtraColumns,
     stdout: impl FnOnce() -> Box<dyn Write>,
 ) -> io::Result<Box<dyn Sink>> {
     let writer: Box<dyn Write> = if output == "-" {
@@ -64,20 +64,20 @@ pub fn open_sink(
     } else {
         Box::new(File::create(Path::new(output))?)
     };
-    sink(writer, format, true, scores)
+    sink(writer, format, true, extra)
 }
 
 /// A sink of `format` over `writer`; `header` says whether a CSV header is written first,
-/// `scores` whether CSV rows have a `scores` column (JSONL records carry `scores` when they
-/// have them).
+/// `extra` which columns CSV rows have after the base ones (JSONL records carry `scores` and
+/// `fields` when they have them).
 pub fn sink(
     writer: Box<dyn Write>,
     format: Format,
     header: bool,
-    scores: bool,
+    extra: ExtraColumns,
 ) -> io::Result<Box<dyn Sink>> {
     Ok(match format {
-        Format::Csv => Box::new(CsvSink::with_header(writer, header, scores)?),
+        Format::Csv => Box::new(CsvSink::with_header(writer, header, extra)?),
         Format::Jsonl => Box::new(JsonlSink::new(writer)),
     })
 }
@@ -110,7 +110,13 @@ mod tests {
     fn every_record_is_one_write() {
         for format in [Format::Csv, Format::Jsonl] {
             let writes = Writes::default();
-            let mut out = sink(Box::new(writes.clone()), format, true, false).expect("sink");
+            let mut out = sink(
+                Box::new(writes.clone()),
+                format,
+                true,
+                ExtraColumns::default(),
+            )
+            .expect("sink");
             let header_writes = writes.0.borrow().len();
             out.write(&long_record()).expect("write");
             out.write(&long_record()).expect("write");

@@ -92,6 +92,16 @@ impl Record {
         }
     }
 
+    /// The CSV column of a JSON answer's top-level `property`: strings as they are, numbers and
+    /// booleans as written, nested values as JSON text, null or absent empty.
+    pub fn field_text(&self, property: &str) -> String {
+        match self.fields.as_ref().and_then(|f| f.get(property)) {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        }
+    }
+
     /// The `scores` column: the JSON object, or empty.
     pub fn scores_text(&self) -> String {
         match &self.scores {
