@@ -208,13 +208,7 @@ fn csv_gets_a_column_per_schema_property() {
         "{}",
         stderr_of(&out)
     );
-    let mut reader = csv::Reader::from_path(&csv).expect("csv");
-    let header: Vec<String> = reader
-        .headers()
-        .expect("header")
-        .iter()
-        .map(String::from)
-        .collect();
+    let (header, mut reader) = cli_support::csv_with_header(&csv);
     assert_eq!(header[10..], ["topic", "year", "people", "source"]);
     for row in reader.records() {
         let row = row.expect("row");

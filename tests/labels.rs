@@ -138,13 +138,7 @@ fn csv_gets_a_scores_column_and_free_text_prompts_leave_it_empty() {
     };
     let out = run(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let mut reader = csv::Reader::from_path(&csv).expect("csv");
-    let header: Vec<String> = reader
-        .headers()
-        .expect("header")
-        .iter()
-        .map(String::from)
-        .collect();
+    let (header, mut reader) = cli_support::csv_with_header(&csv);
     assert_eq!(header.last().map(String::as_str), Some("scores"));
     assert_eq!(header.len(), 11);
     for row in reader.records() {

@@ -102,3 +102,15 @@ pub fn stderr_of(output: &std::process::Output) -> String {
 pub fn display(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// A CSV output's header and a reader positioned at its first record.
+pub fn csv_with_header(path: &Path) -> (Vec<String>, csv::Reader<std::fs::File>) {
+    let mut reader = csv::Reader::from_path(path).expect("csv");
+    let header = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    (header, reader)
+}
