@@ -74,6 +74,8 @@ pub trait RunObserver {
     fn job_started(&mut self, in_flight: usize);
     /// A record was produced (and is about to be written).
     fn record_finished(&mut self, record: &Record, in_flight: usize);
+    /// A forward pass computed `tokens` rows.
+    fn step_done(&mut self, _tokens: usize, _in_flight: usize) {}
 }
 
 /// Observes nothing.
@@ -310,7 +312,10 @@ pub fn run_documents_with(
         recorder.borrow_mut().emit(record, in_flight.get(), false)
     };
 
-    engine.run(next_job, on_done)?;
+    let on_step = |tokens: usize, in_flight: usize| {
+        recorder.borrow_mut().observer.step_done(tokens, in_flight);
+    };
+    engine.run_observed(next_job, on_step, on_done)?;
     let recorder = recorder.into_inner();
     if let Some(e) = recorder.write_error {
         return Err(anyhow::Error::new(e).context("writing the output"));

@@ -144,7 +144,7 @@ impl Drop for LogLine {
 pub struct Progress {
     bar: ProgressBar,
     started: Instant,
-    /// Prompt and generated tokens of the finished records.
+    /// Tokens computed by the engine's forward passes so far (prompt and generated rows).
     tokens: usize,
 }
 
@@ -165,14 +165,18 @@ impl RunObserver for Progress {
         self.show(in_flight);
     }
 
-    fn record_finished(&mut self, record: &Record, in_flight: usize) {
-        self.tokens += record.prompt_tokens + record.generated_tokens;
+    fn record_finished(&mut self, _record: &Record, in_flight: usize) {
         self.bar.inc(1);
+        self.show(in_flight);
+    }
+
+    fn step_done(&mut self, tokens: usize, in_flight: usize) {
+        self.tokens += tokens;
         self.show(in_flight);
     }
 }
 
-/// `"123 tok/s, 4 active"`: throughput of the finished records (prompt and generated tokens
+/// `"123 tok/s, 4 active"`: the engine's throughput so far (prompt and generated tokens
 /// over the time so far) and the sequences in the engine now.
 pub fn status_line(tokens: usize, elapsed: Duration, in_flight: usize) -> String {
     let s = elapsed.as_secs_f64();

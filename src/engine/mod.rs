@@ -79,7 +79,18 @@ impl<'m> Engine<'m> {
     /// each finished job to `on_done` as soon as it completes.
     pub fn run(
         &mut self,
+        next_job: impl FnMut() -> Option<Job>,
+        on_done: impl FnMut(Completion) -> Flow,
+    ) -> Result<(), ModelError> {
+        self.run_observed(next_job, |_, _| {}, on_done)
+    }
+
+    /// [`Engine::run`], telling `on_step` after each forward pass how many rows (tokens) it
+    /// computed and how many sequences are in flight (the progress bar's live tokens/s).
+    pub fn run_observed(
+        &mut self,
         mut next_job: impl FnMut() -> Option<Job>,
+        mut on_step: impl FnMut(usize, usize),
         mut on_done: impl FnMut(Completion) -> Flow,
     ) -> Result<(), ModelError> {
         let slots = self.config.sequences;
@@ -138,6 +149,7 @@ impl<'m> Engine<'m> {
             let logits: Vec<Vec<f32>> = logits.to_vec2()?; // synchronizes the device
             self.stats
                 .record_step(&plan, order.len(), started.elapsed());
+            on_step(plan.step.len(), order.len());
 
             for &(i, chunk) in &plan.prefill_chunks {
                 active[i].as_mut().expect("planned sequence").prefilled += chunk;
