@@ -29,11 +29,21 @@ impl std::fmt::Debug for JsonConstraint {
     }
 }
 
-/// The schema of `--fields a,b,c`: an object of exactly those keys, each a string or null.
+/// Longest value of a `--fields` field: a small model can otherwise write one string until
+/// `--max-tokens`, and a field is a short fact.
+pub const FIELD_MAX_CHARS: usize = 200;
+
+/// The schema of `--fields a,b,c`: an object of exactly those keys, each a string of at most
+/// [`FIELD_MAX_CHARS`] characters or null.
 pub fn fields_schema(fields: &[String]) -> Value {
     let properties: Map<String, Value> = fields
         .iter()
-        .map(|f| (f.clone(), json!({"type": ["string", "null"]})))
+        .map(|f| {
+            (
+                f.clone(),
+                json!({"type": ["string", "null"], "maxLength": FIELD_MAX_CHARS}),
+            )
+        })
         .collect();
     json!({
         "type": "object",

@@ -219,7 +219,7 @@ impl<'m> Engine<'m> {
         let Ok(mask) = matcher.compute_mask_or_eos() else {
             return Some(StopReason::Stop);
         };
-        let masked: Vec<f32> = logits
+        let mut masked: Vec<f32> = logits
             .iter()
             .enumerate()
             .map(|(id, &l)| {
@@ -230,6 +230,10 @@ impl<'m> Engine<'m> {
                 }
             })
             .collect();
+        // The repeat guard keeps strings from looping ("Nantucket. Nantucket. …").
+        if let Some(guard) = seq.job.sampling.repeat_guard {
+            guard.apply(&seq.generated, &mut masked);
+        }
         let token = seq.sampler.sample(&masked);
         if self.eog_ids.contains(&token) {
             return Some(StopReason::Eos);
