@@ -91,6 +91,7 @@ fn run(
                 ignore_eos: true,
                 sampling: SamplingParams::default(),
                 labels: None,
+                json: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?

@@ -29,6 +29,7 @@ fn greedy(model: &Llama, eog: Vec<u32>, prompts: &[Vec<u32>]) -> anyhow::Result<
         ignore_eos: true,
         sampling: SamplingParams::default(),
         labels: None,
+        json: None,
     });
     let mut out = vec![Vec::new(); prompts.len()];
     engine.run(
