@@ -911,3 +911,36 @@ fn the_repeat_guard_is_per_sequence_and_breaks_loops() {
         repeats(&plain)
     );
 }
+
+/// `--overflow truncate` keeps the start of a document: the prompt holds its first words and
+/// not its last, and fits with room for the answer.
+#[test]
+fn truncation_keeps_the_start_of_the_document() {
+    let fx = tiny();
+    let builder = PromptBuilder::new(
+        &PromptTemplate::resolve("summarize").unwrap(),
+        fx.chat_template.as_deref(),
+        None,
+        PromptVars::default(),
+        &fx.tokenizer,
+    )
+    .unwrap();
+    let doc = format!("BEGINNING {} ENDING", "filler words here ".repeat(300));
+    let built = builder
+        .fit(
+            &fx.tokenizer,
+            "d",
+            &doc,
+            256,
+            16,
+            docanalyze::prompt::Overflow::Truncate,
+        )
+        .unwrap();
+    assert!(built.truncated);
+    assert!(built.tokens.len() <= 256 - 16, "{}", built.tokens.len());
+    let text = fx.tokenizer.decode(&built.tokens).unwrap();
+    assert!(text.contains("BEGINNING"), "{text}");
+    assert!(!text.contains("ENDING"), "{text}");
+    // The template's end (the assistant turn) is still there after the cut document.
+    assert!(text.trim_end().ends_with("assistant"), "{text}");
+}

@@ -213,8 +213,9 @@ fn overflow_run(ws: &Workspace, docs: &Path, mode: &str) -> (Option<i32>, HashMa
     (output.status.code(), records)
 }
 
+/// (That the start is what is kept: tests/engine.rs `truncation_keeps_the_start_of_the_document`.)
 #[test]
-fn overflow_truncate_keeps_the_start() {
+fn overflow_truncate_cuts_long_documents_to_fit() {
     let ws = Workspace::new();
     let docs = long_docs(&ws);
     let (code, records) = overflow_run(&ws, &docs, "truncate");
