@@ -53,16 +53,7 @@ impl ControlTokens {
                 strings.len()
             ));
         }
-        let matcher = if strings.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&strings)
-                    .map_err(|e| e.to_string())?,
-            )
-        };
+        let matcher = added_token_matcher(&strings)?;
         Ok(Self {
             strings,
             ids,
@@ -165,6 +156,19 @@ impl ControlTokens {
         let i = (c as u32).checked_sub(INDEX_BASE)? as usize;
         self.strings.get(i).map(String::as_str)
     }
+}
+
+/// A matcher of added-token strings in text, leftmost-longest as the tokenizers crate and
+/// llama.cpp cut text at them; `None` for no strings.
+pub fn added_token_matcher(strings: &[impl AsRef<str>]) -> Result<Option<AhoCorasick>, String> {
+    if strings.is_empty() {
+        return Ok(None);
+    }
+    AhoCorasickBuilder::new()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(strings.iter().map(AsRef::as_ref))
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn index_char(i: usize) -> char {

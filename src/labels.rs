@@ -98,7 +98,7 @@ impl LabelSet {
         &self.labels
     }
 
-    /// The most tokens an answer can take.
+    /// The most tokens an answer can take (at least 1).
     pub fn max_tokens(&self) -> usize {
         fn depth(nodes: &[Node], n: usize) -> usize {
             nodes[n]
@@ -108,7 +108,7 @@ impl LabelSet {
                 .max()
                 .unwrap_or(0)
         }
-        depth(&self.nodes, 0)
+        depth(&self.nodes, 0).max(1)
     }
 
     pub fn start(&self) -> LabelState {

@@ -238,7 +238,7 @@ pub fn run_documents_with(
                 let labels = builder.labels().cloned();
                 let max_tokens = labels
                     .as_ref()
-                    .map_or(settings.max_tokens, |set| set.max_tokens().max(1));
+                    .map_or(settings.max_tokens, |set| set.max_tokens());
                 let built = builder.fit(
                     tokenizer,
                     &doc.id,
@@ -403,6 +403,8 @@ pub fn label_priors(
     builders: &[PromptBuilder],
     ctx: usize,
 ) -> anyhow::Result<Vec<Option<Arc<Vec<f64>>>>> {
+    // The shared prefixes are computed (and counted) before the counters are set aside.
+    engine.prepare()?;
     let saved = engine.stats.clone();
     let mut priors = Vec::new();
     for builder in builders {
@@ -410,7 +412,7 @@ pub fn label_priors(
             priors.push(None);
             continue;
         };
-        let max_tokens = labels.max_tokens().max(1);
+        let max_tokens = labels.max_tokens();
         let built = builder.build(tokenizer, "content-free", CONTENT_FREE, ctx, max_tokens)?;
         let mut job = Some(Job {
             index: 0,

@@ -219,8 +219,10 @@ pub struct BuiltPrompt {
 pub struct PromptBuilder {
     env: Environment<'static>,
     name: String,
+    /// The system message, labels and fields, escaped once (see [`crate::control_tokens`]).
     system: Option<String>,
-    vars: PromptVars,
+    labels_text: Vec<String>,
+    fields_text: Vec<String>,
     bos_token: String,
     eos_token: String,
     controls: Arc<ControlTokens>,
@@ -286,16 +288,21 @@ impl PromptBuilder {
             )),
             _ => None,
         };
+        let controls = tokenizer.control_tokens();
+        let escape = |v: &[String]| -> Vec<String> {
+            v.iter().map(|s| controls.escape(s).into_owned()).collect()
+        };
         let builder = Self {
             env,
             name: template.name.clone(),
-            system,
+            system: system.map(|s| controls.escape(&s).into_owned()),
+            labels_text: escape(&vars.labels),
+            fields_text: escape(&vars.fields),
             labels,
             json,
-            vars,
             bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
             eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
-            controls: tokenizer.control_tokens(),
+            controls,
         };
         builder.probe()?;
         Ok(builder)
@@ -362,13 +369,9 @@ impl PromptBuilder {
 
     /// The task template's text (the user message), values escaped.
     fn render_task(&self, id: &str, document: &str) -> Result<String, PromptError> {
-        let esc = |v: &[String]| -> Vec<String> {
-            v.iter()
-                .map(|s| self.controls.escape(s).into_owned())
-                .collect()
-        };
-        let (labels, fields) = (esc(&self.vars.labels), esc(&self.vars.fields));
-        let input_bytes = document.len() + id.len() + labels.concat().len() + fields.concat().len();
+        let (labels, fields) = (&self.labels_text, &self.fields_text);
+        let input_bytes =
+            document.len() + id.len() + labels.iter().chain(fields).map(String::len).sum::<usize>();
         let template = self
             .env
             .get_template("task")
@@ -388,9 +391,9 @@ impl PromptBuilder {
 
     /// The chat template around the user message `user` (escaped) and the system message.
     fn render_chat(&self, user: &str) -> Result<String, PromptError> {
-        let system = self.system.as_deref().map(|s| self.controls.escape(s));
+        let system = self.system.as_deref();
         let mut messages = Vec::new();
-        if let Some(system) = &system {
+        if let Some(system) = system {
             messages.push(Message {
                 role: "system",
                 content: system,

@@ -42,6 +42,9 @@ pub struct Engine<'m> {
     cache: SlotKvCache,
     config: EngineConfig,
     eog_ids: HashSet<u32>,
+    /// The end-of-generation id that stands for "the answer ends here" in constrained answers
+    /// (the smallest, as the JSON grammar's vocabulary takes it).
+    end_id: u32,
     prefixes: PrefixCache,
     pub stats: EngineStats,
 }
@@ -53,22 +56,36 @@ impl<'m> Engine<'m> {
         eog_ids: impl IntoIterator<Item = u32>,
     ) -> Result<Self, ModelError> {
         let cache = model.new_cache(config.sequences, config.ctx)?;
+        let eog_ids: HashSet<u32> = eog_ids.into_iter().collect();
         Ok(Self {
             model,
             cache,
             config,
-            eog_ids: eog_ids.into_iter().collect(),
+            end_id: eog_ids.iter().copied().min().unwrap_or(u32::MAX),
+            eog_ids,
             prefixes: PrefixCache::new(config.sequences),
             stats: EngineStats::default(),
         })
     }
 
-    /// Prompt prefixes shared by many jobs (one per template): computed once when [`run`]
-    /// starts, then copied into the slot of each job whose prompt starts with one.
-    ///
-    /// [`run`]: Engine::run
+    /// Prompt prefixes shared by many jobs (one per template): computed once, by
+    /// [`Engine::prepare`] or the first run, then copied into the slot of each job whose prompt
+    /// starts with one.
     pub fn set_prefixes(&mut self, prefixes: Vec<Vec<u32>>) {
         self.prefixes.set(prefixes);
+    }
+
+    /// Computes the prefixes not computed yet, counting them as prefill work. Every run does
+    /// it first; calling it before a run whose counters are set aside keeps the work counted.
+    pub fn prepare(&mut self) -> Result<(), ModelError> {
+        let started = Instant::now();
+        let computed = self
+            .prefixes
+            .compute(self.model, &self.cache, self.config.batch_size)?;
+        if computed > 0 {
+            self.stats.record_prefix(computed, started.elapsed());
+        }
+        Ok(())
     }
 
     pub fn cache_bytes(&self) -> usize {
@@ -97,13 +114,7 @@ impl<'m> Engine<'m> {
         let mut active: Vec<Option<Sequence>> = (0..slots).map(|_| None).collect();
         let mut order: Vec<usize> = Vec::with_capacity(slots);
         let mut queue_open = true;
-        let started = Instant::now();
-        let computed = self
-            .prefixes
-            .compute(self.model, &self.cache, self.config.batch_size)?;
-        if computed > 0 {
-            self.stats.record_prefix(computed, started.elapsed());
-        }
+        self.prepare()?;
         loop {
             // Admit: fill every free slot at once.
             while queue_open && order.len() < slots {
@@ -205,11 +216,13 @@ impl<'m> Engine<'m> {
         if seq.generated.len() >= seq.job.max_tokens {
             return Some(StopReason::Length);
         }
-        // The new token must be fed at the next position, which has to exist.
-        if seq.job.prompt.len() + seq.generated.len() > self.config.ctx {
-            return Some(StopReason::Context);
-        }
-        None
+        self.context_full(seq)
+    }
+
+    /// `Context` when the sequence's next token would have no position left to be fed at.
+    fn context_full(&self, seq: &Sequence) -> Option<StopReason> {
+        (seq.job.prompt.len() + seq.generated.len() > self.config.ctx)
+            .then_some(StopReason::Context)
     }
 
     /// The next token of a JSON job: one its grammar allows; the end only once the JSON is
@@ -248,8 +261,7 @@ impl<'m> Engine<'m> {
         if seq.generated.len() >= seq.job.max_tokens {
             return Some(StopReason::Length);
         }
-        (seq.job.prompt.len() + seq.generated.len() > self.config.ctx)
-            .then_some(StopReason::Context)
+        self.context_full(seq)
     }
 
     /// The next token of a label job: one that keeps the answer on a label's path (see
@@ -257,8 +269,7 @@ impl<'m> Engine<'m> {
     fn sample_label(&self, seq: &mut Sequence, logits: &[f32]) -> Option<StopReason> {
         let set = seq.job.labels.clone().expect("a label job");
         let state = seq.label_state.as_mut().expect("a label job has a state");
-        // An end-of-generation id stands for "the label ends here".
-        let end = self.eog_ids.iter().copied().min().unwrap_or(u32::MAX);
+        let end = self.end_id;
         let allowed = set.allowed(state, end);
         let probs = crate::labels::renormalized(logits, &allowed);
         let mut masked = vec![f32::NEG_INFINITY; logits.len()];
@@ -278,8 +289,7 @@ impl<'m> Engine<'m> {
             }
             crate::labels::Step::Continue => {
                 seq.generated.push(token);
-                (seq.job.prompt.len() + seq.generated.len() > self.config.ctx)
-                    .then_some(StopReason::Context)
+                self.context_full(seq)
             }
         }
     }

@@ -43,7 +43,7 @@ impl PrefixCache {
     }
 
     /// Computes every prefix not computed yet, in slot 0 (free when a run starts), in steps of
-    /// at most `batch_size` rows; returns the rows computed and the time taken.
+    /// at most `batch_size` rows; returns how many rows it computed.
     pub fn compute(
         &mut self,
         model: &Llama,

@@ -135,33 +135,27 @@ impl Extractor {
             .stderr
             .take()
             .map(|err| std::thread::spawn(move || read_capped(err, STDERR_KEPT)));
-        let status = match child.wait_timeout(limits.timeout) {
-            Ok(Some(status)) => Some(status),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                None
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{}: waiting for the text extractor: {e}",
-                    path.display()
-                ));
-            }
+        let waited = child.wait_timeout(limits.timeout);
+        if !matches!(waited, Ok(Some(_))) {
+            // Past the deadline (or the wait failed): the child must not outlive its document.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let name = path.display();
+        let timed_out = || {
+            format!(
+                "{name}: cannot extract text: it exceeds the extraction time limit of {} s (--extract-timeout)",
+                limits.timeout.as_secs()
+            )
         };
+        // The child has ended: its pipes are closed and the readers finish.
         let text = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
         let message = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         let message = String::from_utf8_lossy(&message);
         let message = message.trim();
-        let name = path.display();
-        let Some(status) = status else {
-            return Err(format!(
-                "{name}: cannot extract text: it exceeds the extraction time limit of {} s (--extract-timeout)",
-                limits.timeout.as_secs()
-            ));
-        };
+        let status = waited
+            .map_err(|e| format!("{name}: waiting for the text extractor: {e}"))?
+            .ok_or_else(timed_out)?;
         if status.success() {
             return String::from_utf8(text)
                 .map_err(|_| format!("{name}: the text extractor wrote invalid UTF-8"));
@@ -176,10 +170,7 @@ impl Extractor {
             return Err(message.to_string());
         }
         if cpu_time_exceeded(&status) {
-            return Err(format!(
-                "{name}: cannot extract text: it exceeds the extraction time limit of {} s (--extract-timeout)",
-                limits.timeout.as_secs()
-            ));
+            return Err(timed_out());
         }
         Err(format!(
             "{name}: cannot extract text: the extractor failed ({status}){}",

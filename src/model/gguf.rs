@@ -102,50 +102,45 @@ impl GgufFile {
     }
 
     pub fn strings(&self, key: &str) -> Result<Vec<String>, ModelError> {
-        let arr = self
-            .value(key)?
-            .to_vec()
-            .map_err(|_| self.bad_type(key, "an array"))?;
-        arr.iter()
-            .map(|v| {
-                v.to_string()
-                    .cloned()
-                    .map_err(|_| self.bad_type(key, "an array of strings"))
-            })
-            .collect()
+        self.array(key, "an array of strings", |v| v.to_string().ok().cloned())
     }
 
     pub fn floats(&self, key: &str) -> Result<Vec<f32>, ModelError> {
-        let arr = self
-            .value(key)?
-            .to_vec()
-            .map_err(|_| self.bad_type(key, "an array"))?;
-        arr.iter()
-            .map(|v| match v {
-                Value::F32(v) => Ok(*v),
-                Value::F64(v) => Ok(*v as f32),
-                _ => Err(self.bad_type(key, "an array of floats")),
-            })
-            .collect()
+        self.array(key, "an array of floats", |v| match v {
+            Value::F32(v) => Some(*v),
+            Value::F64(v) => Some(*v as f32),
+            _ => None,
+        })
     }
 
     pub fn integers(&self, key: &str) -> Result<Vec<i64>, ModelError> {
+        self.array(key, "an array of integers", |v| match v {
+            Value::U8(v) => Some(*v as i64),
+            Value::I8(v) => Some(*v as i64),
+            Value::U16(v) => Some(*v as i64),
+            Value::I16(v) => Some(*v as i64),
+            Value::U32(v) => Some(*v as i64),
+            Value::I32(v) => Some(*v as i64),
+            Value::U64(v) => Some(*v as i64),
+            Value::I64(v) => Some(*v),
+            _ => None,
+        })
+    }
+
+    /// The array at `key`, each element read by `item`; `expected` names the array's type in
+    /// the error when an element is not of it.
+    fn array<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        item: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, ModelError> {
         let arr = self
             .value(key)?
             .to_vec()
             .map_err(|_| self.bad_type(key, "an array"))?;
         arr.iter()
-            .map(|v| match v {
-                Value::U8(v) => Ok(*v as i64),
-                Value::I8(v) => Ok(*v as i64),
-                Value::U16(v) => Ok(*v as i64),
-                Value::I16(v) => Ok(*v as i64),
-                Value::U32(v) => Ok(*v as i64),
-                Value::I32(v) => Ok(*v as i64),
-                Value::U64(v) => Ok(*v as i64),
-                Value::I64(v) => Ok(*v),
-                _ => Err(self.bad_type(key, "an array of integers")),
-            })
+            .map(|v| item(v).ok_or_else(|| self.bad_type(key, expected)))
             .collect()
     }
 

@@ -10,15 +10,14 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::AhoCorasick;
+
+use crate::control_tokens::added_token_matcher;
 
 /// What stands for a space in SentencePiece pieces.
 const SPACE: char = '\u{2581}';
 
-/// Token types of llama.cpp's vocabulary.
-const TYPE_CONTROL: i64 = 3;
-const TYPE_USER_DEFINED: i64 = 4;
-const TYPE_BYTE: i64 = 6;
+use super::{TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 
 /// A SentencePiece vocabulary.
 pub struct Spm {
@@ -92,21 +91,13 @@ impl Spm {
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = ids.get(&format!("<0x{b:02X}>")).copied();
         }
-        let user: Vec<(u32, &String)> = pieces
+        let (user_ids, user_pieces): (Vec<u32>, Vec<&str>) = pieces
             .iter()
             .enumerate()
-            .filter(|(i, p)| types.get(*i) == Some(&TYPE_USER_DEFINED) && !p.is_empty())
-            .map(|(i, p)| (i as u32, p))
-            .collect();
-        let user_defined = if user.is_empty() {
-            None
-        } else {
-            let matcher = AhoCorasickBuilder::new()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(user.iter().map(|(_, p)| p.as_str()))
-                .map_err(|e| e.to_string())?;
-            Some((matcher, user.iter().map(|(i, _)| *i).collect()))
-        };
+            .filter(|(i, p)| types.get(*i) == Some(&TOKEN_TYPE_USER_DEFINED) && !p.is_empty())
+            .map(|(i, p)| (i as u32, p.as_str()))
+            .unzip();
+        let user_defined = added_token_matcher(&user_pieces)?.map(|m| (m, user_ids));
         Ok(Self {
             pieces,
             scores,
@@ -257,8 +248,8 @@ impl Spm {
                 continue;
             };
             match self.types.get(i).copied() {
-                Some(TYPE_CONTROL) => {}
-                Some(TYPE_BYTE) => bytes.extend(byte_of(piece)),
+                Some(TOKEN_TYPE_CONTROL) => {}
+                Some(TOKEN_TYPE_BYTE) => bytes.extend(byte_of(piece)),
                 _ => bytes.extend(piece.replace(SPACE, " ").as_bytes()),
             }
         }
@@ -278,8 +269,8 @@ impl Spm {
             .iter()
             .zip(&self.types)
             .map(|(piece, &ty)| match ty {
-                TYPE_CONTROL => [&[0xFF][..], piece.as_bytes()].concat(),
-                TYPE_BYTE => byte_of(piece).map_or_else(Vec::new, |b| vec![b]),
+                TOKEN_TYPE_CONTROL => [&[0xFF][..], piece.as_bytes()].concat(),
+                TOKEN_TYPE_BYTE => byte_of(piece).map_or_else(Vec::new, |b| vec![b]),
                 _ => piece.replace(SPACE, " ").into_bytes(),
             })
             .collect()
@@ -299,16 +290,20 @@ mod tests {
     /// A small vocabulary: bytes, a few pieces with scores, a user-defined piece.
     fn vocab(add_space_prefix: bool) -> Spm {
         let mut pieces: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
-        let mut types = vec![2, TYPE_CONTROL, TYPE_CONTROL];
+        let mut types = vec![2, TOKEN_TYPE_CONTROL, TOKEN_TYPE_CONTROL];
         for b in 0..=255u8 {
             pieces.push(format!("<0x{b:02X}>"));
-            types.push(TYPE_BYTE);
+            types.push(TOKEN_TYPE_BYTE);
         }
         for p in [
             "▁", "h", "e", "l", "o", "he", "ll", "llo", "hello", "▁hello", "<br>",
         ] {
             pieces.push(p.into());
-            types.push(if p == "<br>" { TYPE_USER_DEFINED } else { 1 });
+            types.push(if p == "<br>" {
+                TOKEN_TYPE_USER_DEFINED
+            } else {
+                1
+            });
         }
         let scores = pieces.iter().map(|p| p.chars().count() as f32).collect();
         Spm::new(pieces, scores, types, Some(0), add_space_prefix).expect("builds")

@@ -69,11 +69,9 @@ impl IntBlock for BlockQ4_0 {
 impl FileBlock for BlockQ4_0 {
     const BYTES: usize = 18;
     fn read(b: &[u8]) -> Self {
-        let mut qs = [0u8; 16];
-        qs.copy_from_slice(&b[2..18]);
         Self {
             d: f16_at(b, 0),
-            qs,
+            qs: qs16(&b[2..18]),
         }
     }
 }
@@ -88,12 +86,10 @@ impl IntBlock for BlockQ4_1 {
 impl FileBlock for BlockQ4_1 {
     const BYTES: usize = 20;
     fn read(b: &[u8]) -> Self {
-        let mut qs = [0u8; 16];
-        qs.copy_from_slice(&b[4..20]);
         Self {
             d: f16_at(b, 0),
             m: f16_at(b, 2),
-            qs,
+            qs: qs16(&b[4..20]),
         }
     }
 }
@@ -123,6 +119,7 @@ fn five_bits(qs: &[u8; 16], qh: u32, k: usize) -> u8 {
     nibble(qs, k) as u8 | (((qh >> k) & 1) << 4) as u8
 }
 
+/// The 16 bytes of packed nibbles of a Q4/Q5 block.
 fn qs16(b: &[u8]) -> [u8; 16] {
     let mut qs = [0u8; 16];
     qs.copy_from_slice(&b[..16]);
