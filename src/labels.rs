@@ -213,6 +213,14 @@ fn variants(label: &str) -> Vec<String> {
     out
 }
 
+/// The index of the highest score (the first of equal ones).
+pub fn most_probable(scores: &[f64]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, s)| if *s > scores[best] { i } else { best })
+}
+
 /// Probabilities of `ids` under `logits` renormalized over them (a softmax of their logits).
 pub fn renormalized(logits: &[f32], ids: &[u32]) -> Vec<f64> {
     let values: Vec<f64> = ids

@@ -387,11 +387,7 @@ fn calibrated(scores: &[f64], prior: &[f64]) -> (usize, Vec<f64>) {
         .collect();
     let sum: f64 = raw.iter().sum();
     let scores: Vec<f64> = raw.iter().map(|r| r / sum.max(f64::MIN_POSITIVE)).collect();
-    let best = scores
-        .iter()
-        .enumerate()
-        .fold(0, |best, (i, s)| if *s > scores[best] { i } else { best });
-    (best, scores)
+    (crate::labels::most_probable(&scores), scores)
 }
 
 /// For each prompt that answers with labels, the label scores of a content-free document

@@ -61,6 +61,14 @@ fn every_answer_is_a_label_with_scores_that_sum_to_one() {
             assert_eq!(keys, want);
             let sum: f64 = scores.values().map(|v| v.as_f64().expect("number")).sum();
             assert!((sum - 1.0).abs() < 1e-6, "scores sum to {sum}");
+            if temperature == "0" {
+                // Greedy: the answer is the label of highest probability.
+                let best = scores
+                    .iter()
+                    .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+                    .map(|(label, _)| label.as_str());
+                assert_eq!(Some(output), best, "{r}");
+            }
         }
     }
 }

@@ -284,7 +284,14 @@ impl<'m> Engine<'m> {
                 if token != end {
                     seq.generated.push(token);
                 }
-                seq.answered = Some(label);
+                // Greedy answers are the most probable label, which may not be the path taken:
+                // a label written several ways (case, a leading space) sums their
+                // probabilities. A sampled answer is the label sampled.
+                let greedy = seq.job.sampling.temperature <= 0.0;
+                seq.answered = Some(match &seq.label_state {
+                    Some(state) if greedy => crate::labels::most_probable(state.scores()),
+                    _ => label,
+                });
                 Some(StopReason::Eos)
             }
             crate::labels::Step::Continue => {
