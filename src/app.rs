@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -24,9 +25,11 @@ use crate::merge::{merge, MergeConfig};
 use crate::output::lock::OutputLock;
 use crate::output::{csv_columns, open_sink, sink, ExtraColumns, Format, Sink};
 use crate::panic_guard::catch_quietly;
-use crate::pipeline::{label_priors, run_documents_with, JobSettings, RunControl, RunSummary};
+use crate::pipeline::{
+    label_priors, run_documents_with, Chunking, JobSettings, RunControl, RunSummary,
+};
 use crate::progress::Terminal;
-use crate::prompt::{PromptBuilder, PromptError};
+use crate::prompt::{Overflow, PromptBuilder, PromptError, PromptVars};
 use crate::report::{ReportInputs, RunReport};
 use crate::resume::{CompletedJobs, ExistingOutput};
 use crate::signals::StopRequest;
@@ -146,15 +149,36 @@ fn shared_prefixes(
     Ok(prefixes)
 }
 
-fn job_settings(jobs: &JobsConfig, ctx: usize) -> JobSettings {
-    JobSettings {
+fn job_settings(
+    jobs: &JobsConfig,
+    ctx: usize,
+    loaded: &LoadedModel,
+) -> anyhow::Result<JobSettings> {
+    let chunking = if jobs.overflow == Overflow::Chunk {
+        let reduce = PromptBuilder::new(
+            &jobs.reduce_prompt,
+            loaded.chat_template.as_deref(),
+            jobs.system.clone(),
+            PromptVars::default(),
+            &loaded.tokenizer,
+        )
+        .map_err(|e| anyhow::Error::new(e).context("the reduce template (--reduce-prompt)"))?;
+        Some(Chunking {
+            overlap: jobs.chunk_overlap,
+            reduce: Arc::new(reduce),
+        })
+    } else {
+        None
+    };
+    Ok(JobSettings {
         ctx,
         max_tokens: jobs.max_tokens,
         ignore_eos: jobs.ignore_eos,
         sampling: jobs.sampling,
         overflow: jobs.overflow,
+        chunking,
         priors: Vec::new(),
-    }
+    })
 }
 
 /// The documents of the inputs, lazily, those of the shard only when there is one.
@@ -303,7 +327,7 @@ fn run_command(args: &RunArgs, terminal: &Terminal) -> anyhow::Result<ExitCode> 
         "records"
     };
     let mut progress = terminal.progress(total, unit, "");
-    let mut settings = job_settings(jobs, ctx);
+    let mut settings = job_settings(jobs, ctx, &loaded)?;
     if jobs.calibrate {
         settings.priors = label_priors(&mut engine, &loaded.tokenizer, &builders, ctx)?;
     }
@@ -375,7 +399,7 @@ fn bench_command(args: &BenchArgs, terminal: &Terminal) -> anyhow::Result<ExitCo
         loaded: &loaded,
         builders: &builders,
         documents: &docs,
-        settings: job_settings(jobs, ctx),
+        settings: job_settings(jobs, ctx, &loaded)?,
         batch_size: config.batch_size,
         threads: config.model.threads,
         prefixes: shared_prefixes(&builders, &loaded, config.prefix_cache)?,

@@ -439,11 +439,23 @@ pub struct GenerationArgs {
     #[arg(long)]
     pub ignore_eos: bool,
 
-    /// A document whose prompt does not fit --ctx-size minus --max-tokens: truncate keeps its
-    /// start (status truncated); skip and error do not run it (status error; skip leaves the
-    /// exit code alone, error makes it 1).
-    #[arg(long, value_enum, default_value_t = Overflow::Truncate)]
+    /// A document whose prompt does not fit --ctx-size minus --max-tokens: chunk reads it
+    /// whole, in parts that run as parallel sequences, their answers merged into one record;
+    /// truncate keeps its start (status truncated); skip and error do not run it (status
+    /// error; skip leaves the exit code alone, error makes it 1).
+    #[arg(long, value_enum, default_value_t = Overflow::Chunk)]
     pub overflow: Overflow,
+
+    /// --overflow chunk: tokens each chunk repeats from the end of the one before (at most a
+    /// quarter of a chunk).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub chunk_overlap: usize,
+
+    /// --overflow chunk: the template that merges the chunks' free-text answers, level by
+    /// level (it gets `task`, `parts` and the answers as `document`) [default: the built-in
+    /// prompts/reduce.j2].
+    #[arg(long, value_name = "FILE")]
+    pub reduce_prompt: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

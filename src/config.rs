@@ -10,7 +10,7 @@ use crate::info::MemoryBudget;
 use crate::input::{is_jsonl, ExtractLimits, InputSpec, JsonlFields, TextKind};
 use crate::model_source::ModelRef;
 use crate::output::Format;
-use crate::prompt::{Overflow, PromptTemplate, PromptVars};
+use crate::prompt::{Overflow, PromptTemplate, PromptVars, REDUCE_PROMPT};
 use crate::sampler::{RepeatGuard, SamplingParams};
 use crate::shard::{Shard, SHARD_PLACEHOLDER};
 
@@ -43,6 +43,10 @@ pub struct JobsConfig {
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
     pub overflow: Overflow,
+    /// `--chunk-overlap`.
+    pub chunk_overlap: usize,
+    /// The template of `--overflow chunk`'s reduce calls.
+    pub reduce_prompt: PromptTemplate,
     /// Only the documents of this shard.
     pub shard: Option<Shard>,
     /// Bounds on reading each document.
@@ -267,6 +271,23 @@ fn check_output_outside_inputs(output: &Path, inputs: &[InputSpec]) -> Result<()
     Ok(())
 }
 
+/// The template of the reduce calls: `--reduce-prompt FILE`, else the built-in one.
+fn reduce_prompt(g: &GenerationArgs) -> Result<PromptTemplate, ConfigError> {
+    let Some(path) = &g.reduce_prompt else {
+        return Ok(PromptTemplate::from_source("reduce", REDUCE_PROMPT));
+    };
+    if g.overflow != Overflow::Chunk {
+        return err("--reduce-prompt is used only with --overflow chunk");
+    }
+    match std::fs::read_to_string(path) {
+        Ok(source) => Ok(PromptTemplate::from_source(
+            &path.display().to_string(),
+            &source,
+        )),
+        Err(e) => err(format!("--reduce-prompt {}: {e}", path.display())),
+    }
+}
+
 fn jobs_config(
     input: &InputArgs,
     prompt: &PromptArgs,
@@ -349,6 +370,8 @@ fn jobs_config(
             }),
         },
         overflow: g.overflow,
+        chunk_overlap: g.chunk_overlap,
+        reduce_prompt: reduce_prompt(g)?,
         shard: input
             .shard
             .map(|s| s.resolve())

@@ -19,6 +19,7 @@ pub struct JsonConstraint {
     grammar: TopLevelGrammar,
     /// The schema's top-level properties, in order (CSV columns).
     properties: Vec<String>,
+    schema: Value,
 }
 
 impl std::fmt::Debug for JsonConstraint {
@@ -85,6 +86,7 @@ impl JsonConstraint {
             factory,
             grammar,
             properties,
+            schema,
         };
         // Compile once now: an unsupported keyword fails here, not in every document.
         let matcher = constraint.matcher();
@@ -97,6 +99,11 @@ impl JsonConstraint {
     /// A fresh matcher for one answer.
     pub fn matcher(&self) -> Matcher {
         Matcher::new(self.factory.create_parser(self.grammar.clone()))
+    }
+
+    /// The schema answers follow.
+    pub fn schema(&self) -> &Value {
+        &self.schema
     }
 
     pub fn properties(&self) -> &[String] {

@@ -5,6 +5,7 @@ pub mod accuracy;
 pub mod app;
 pub mod bench;
 pub mod byte_size;
+pub mod chunking;
 pub mod cli;
 pub mod config;
 pub mod control_tokens;

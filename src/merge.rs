@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::output::lock::is_being_written;
 use crate::output::read::{read_records, RawRecord, RecordFields};
-use crate::output::{Format, CSV_COLUMNS};
+use crate::output::{csv_columns, ExtraColumns, Format};
 use crate::report::percentile;
 use crate::shard::Shard;
 
@@ -163,7 +163,7 @@ pub fn merge(config: &MergeConfig) -> anyhow::Result<MergedReport> {
             .with_context(|| format!("cannot write {}", temporary.display()))?;
         let header = match (header, config.format) {
             (Some((header, _)), _) => Some(header),
-            (None, Format::Csv) => Some(CSV_COLUMNS.iter().map(|c| c.to_string()).collect()),
+            (None, Format::Csv) => Some(csv_columns(&ExtraColumns::default())),
             (None, Format::Jsonl) => None,
         };
         let mut out = MergedWriter::new(BufWriter::new(file), header)?;

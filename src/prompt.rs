@@ -89,6 +89,9 @@ pub enum Overflow {
     Skip,
     /// Do not generate; the record's status is `error` and the exit code is 1.
     Error,
+    /// Split the document into chunks that fit, run the prompt on each (parallel sequences),
+    /// then merge their answers into one (see [`crate::chunking`]).
+    Chunk,
 }
 
 impl Overflow {
@@ -96,7 +99,7 @@ impl Overflow {
         match self {
             Overflow::Truncate => "",
             Overflow::Skip => ", skipped (--overflow skip)",
-            Overflow::Error => " (--overflow error)",
+            Overflow::Error | Overflow::Chunk => " (--overflow error)",
         }
     }
 }
@@ -228,7 +231,33 @@ pub struct PromptBuilder {
     controls: Arc<ControlTokens>,
     labels: Option<Arc<LabelSet>>,
     json: Option<Arc<JsonConstraint>>,
+    /// The task template says which part of a chunked document it is given (`part`, `parts`);
+    /// when it does not, the document itself is headed with it.
+    mentions_parts: bool,
 }
+
+/// Where a prompt's document stands in a chunked document; for a reduce prompt, the task its
+/// inputs answered.
+#[derive(Debug, Clone, Copy)]
+pub struct PartInfo<'a> {
+    /// 1-based.
+    pub part: usize,
+    pub parts: usize,
+    /// The task template's instruction (escaped), for the reduce template.
+    pub task: &'a str,
+}
+
+impl PartInfo<'_> {
+    /// A document read whole.
+    pub const WHOLE: PartInfo<'static> = PartInfo {
+        part: 1,
+        parts: 1,
+        task: "",
+    };
+}
+
+/// The reduce template of `--overflow chunk` when `--reduce-prompt` is not given.
+pub const REDUCE_PROMPT: &str = include_str!("../prompts/reduce.j2");
 
 impl PromptBuilder {
     pub fn new(
@@ -303,6 +332,7 @@ impl PromptBuilder {
             bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
             eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
             controls,
+            mentions_parts: template.source.contains("parts"),
         };
         builder.probe()?;
         Ok(builder)
@@ -311,7 +341,16 @@ impl PromptBuilder {
     /// Renders both templates once on a short document: a template that fails, loops or
     /// floods its output is refused here, once, instead of in every document's record.
     fn probe(&self) -> Result<(), PromptError> {
-        let user = self.render_task(PROBE_ID, PROBE_DOCUMENT)?;
+        let user = self.render_task(PROBE_ID, PROBE_DOCUMENT, PartInfo::WHOLE)?;
+        self.render_task(
+            PROBE_ID,
+            PROBE_DOCUMENT,
+            PartInfo {
+                part: 2,
+                parts: 3,
+                task: PROBE_DOCUMENT,
+            },
+        )?;
         self.render_chat(&user).map_err(|e| match e {
             PromptError::Render { message, .. } => PromptError::ChatTemplate { message },
             other => other,
@@ -349,7 +388,28 @@ impl PromptBuilder {
         id: &str,
         document: &str,
     ) -> Result<Vec<u32>, PromptError> {
-        Ok(tokenizer.encode_prompt(&self.render_escaped(id, document)?)?)
+        self.tokens_of_part(tokenizer, id, document, PartInfo::WHOLE)
+    }
+
+    /// [`PromptBuilder::tokens`] for one part of a chunked document (or a reduce prompt).
+    pub fn tokens_of_part(
+        &self,
+        tokenizer: &Tokenizer,
+        id: &str,
+        document: &str,
+        part: PartInfo<'_>,
+    ) -> Result<Vec<u32>, PromptError> {
+        let user = self.render_task(id, document, part)?;
+        Ok(tokenizer.encode_prompt(&self.render_chat(&user)?)?)
+    }
+
+    /// The task template's instruction with no document (escaped): what a reduce prompt
+    /// says its inputs answered.
+    pub fn task_text(&self, id: &str) -> Result<String, PromptError> {
+        Ok(self
+            .render_task(id, "", PartInfo::WHOLE)?
+            .trim()
+            .to_string())
     }
 
     /// The tokens every prompt of this template starts with, whatever the document and id:
@@ -363,15 +423,32 @@ impl PromptBuilder {
 
     /// The prompt text with every value from the data escaped (see [`crate::control_tokens`]).
     fn render_escaped(&self, id: &str, document: &str) -> Result<String, PromptError> {
-        let user = self.render_task(id, document)?;
+        let user = self.render_task(id, document, PartInfo::WHOLE)?;
         self.render_chat(&user)
     }
 
-    /// The task template's text (the user message), values escaped.
-    fn render_task(&self, id: &str, document: &str) -> Result<String, PromptError> {
+    /// The task template's text (the user message), values escaped; `part.task` is escaped
+    /// already.
+    fn render_task(
+        &self,
+        id: &str,
+        document: &str,
+        part: PartInfo<'_>,
+    ) -> Result<String, PromptError> {
         let (labels, fields) = (&self.labels_text, &self.fields_text);
-        let input_bytes =
-            document.len() + id.len() + labels.iter().chain(fields).map(String::len).sum::<usize>();
+        let document = self.controls.escape(document);
+        let document = if part.parts > 1 && !self.mentions_parts {
+            std::borrow::Cow::Owned(format!(
+                "(Part {} of {} of a longer document.)\n\n{document}",
+                part.part, part.parts
+            ))
+        } else {
+            document
+        };
+        let input_bytes = document.len()
+            + id.len()
+            + part.task.len()
+            + labels.iter().chain(fields).map(String::len).sum::<usize>();
         let template = self
             .env
             .get_template("task")
@@ -379,10 +456,13 @@ impl PromptBuilder {
         render_bounded(
             &template,
             context! {
-                document => self.controls.escape(document),
+                document => document,
                 id => self.controls.escape(id),
                 labels => labels,
                 fields => fields,
+                part => part.part,
+                parts => part.parts,
+                task => part.task,
             },
             input_bytes,
         )
@@ -454,7 +534,7 @@ impl PromptBuilder {
         max_tokens: usize,
         overflow: Overflow,
     ) -> Result<BuiltPrompt, PromptError> {
-        let available = ctx.saturating_sub(max_tokens.min(ctx / 2)).max(1);
+        let available = available_tokens(ctx, max_tokens);
         let (head, precut) = cut_to_bytes(document, ctx.saturating_mul(MAX_BYTES_PER_TOKEN));
         let tokens = self.tokens(tokenizer, id, head)?;
         if tokens.len() <= available && !precut {
@@ -527,6 +607,12 @@ impl PromptBuilder {
             keep = keep.saturating_sub((tokens.len() - available).max(8));
         }
     }
+}
+
+/// Prompt tokens that fit `ctx` positions with room for an answer of `max_tokens` (at most half
+/// the context is kept for it).
+pub fn available_tokens(ctx: usize, max_tokens: usize) -> usize {
+    ctx.saturating_sub(max_tokens.min(ctx / 2)).max(1)
 }
 
 /// Renders `template` within its fuel and an output of at most

@@ -51,6 +51,12 @@ pub struct RunReport {
     pub documents_skipped: usize,
     /// Documents × prompts not run because the output already held them (`--resume`).
     pub documents_already_done: usize,
+    /// Documents × prompts longer than the context, read in chunks (`--overflow chunk`).
+    pub documents_chunked: usize,
+    /// The chunks of those documents.
+    pub chunks: usize,
+    /// Calls that merged chunks' free-text answers (the reduce template).
+    pub reduce_calls: usize,
     pub files_skipped: usize,
     /// `SIGINT` or `SIGTERM` when a signal stopped the run before every document was read.
     pub stopped_by: Option<&'static str>,
@@ -119,6 +125,9 @@ impl RunReport {
             documents_failed: summary.failed,
             documents_skipped: summary.skipped,
             documents_already_done: summary.already_done,
+            documents_chunked: summary.documents_chunked,
+            chunks: summary.chunks,
+            reduce_calls: summary.reduce_calls,
             files_skipped: inputs.files_skipped,
             stopped_by: summary.stopped_by.map(|s| s.name()),
             wall_s: run_s,
@@ -157,6 +166,12 @@ impl RunReport {
         let mut extra = String::new();
         if self.documents_skipped > 0 {
             extra += &format!(", {} too long (--overflow skip)", self.documents_skipped);
+        }
+        if self.documents_chunked > 0 {
+            extra += &format!(
+                ", {} read in {} chunks ({} reduce calls)",
+                self.documents_chunked, self.chunks, self.reduce_calls
+            );
         }
         if self.documents_already_done > 0 {
             extra += &format!(

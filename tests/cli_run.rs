@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// The contract's CSV columns, in order.
 const CSV_HEADER: &str =
-    "id,source,prompt,status,output,stop_reason,prompt_tokens,generated_tokens,latency_ms,error";
+    "id,source,prompt,status,output,stop_reason,prompt_tokens,generated_tokens,latency_ms,error,chunks";
 
 /// The keys DESIGN.md §2 promises in `--report`.
 const REPORT_KEYS: [&str; 19] = [

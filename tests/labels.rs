@@ -148,10 +148,10 @@ fn csv_gets_a_scores_column_and_free_text_prompts_leave_it_empty() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let (header, mut reader) = cli_support::csv_with_header(&csv);
     assert_eq!(header.last().map(String::as_str), Some("scores"));
-    assert_eq!(header.len(), 11);
+    assert_eq!(header.len(), 12);
     for row in reader.records() {
         let row = row.expect("row");
-        let scores = &row[10];
+        let scores = &row[11];
         if &row[2] == "classify" {
             let parsed: Value = serde_json::from_str(scores).expect("scores JSON");
             assert_eq!(parsed.as_object().expect("object").len(), 5);

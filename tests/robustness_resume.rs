@@ -313,3 +313,43 @@ fn shards_together_cover_every_document_once() {
     let expected: Vec<String> = (0..12).map(|i| format!("doc-{i:03}.txt")).collect();
     assert_eq!(ids, expected);
 }
+
+#[test]
+fn sigint_amid_chunked_documents_then_resume_writes_each_once() {
+    let ws = Workspace::new();
+    let docs = ws.path("long-docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let long: String = (0..700).map(|i| format!("word{i} ")).collect();
+    for k in 0..4 {
+        std::fs::write(docs.join(format!("a-short-{k}.txt")), "A short note.").unwrap();
+        std::fs::write(docs.join(format!("long-{k}.txt")), &long).unwrap();
+    }
+    let out = ws.path("out.jsonl");
+    let child = start_and_wait_for_lines(&mut slow_run(&ws, &docs, &out, &["-q"]), &out, 2);
+    signal(&child, "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr_of(&output));
+    let before = std::fs::read(&out).unwrap();
+    assert!(jsonl_records(&out).len() < 8, "the signal came too late");
+
+    let output = resume(&ws, &docs, &out);
+    assert!(
+        output.status.success(),
+        "{:?} {}",
+        output.status,
+        std::fs::read_to_string(&out).unwrap()
+    );
+    assert!(std::fs::read(&out).unwrap().starts_with(&before));
+    let records = jsonl_records(&out);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        assert_eq!(r["status"], "ok", "{r}");
+        let id = r["id"].as_str().unwrap().to_string();
+        if id.starts_with("long") {
+            assert!(r["chunks"].as_u64().unwrap() > 1, "{r}");
+        }
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 8, "{records:?}");
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+}

@@ -92,8 +92,10 @@ impl<'m> Engine<'m> {
         self.cache.bytes()
     }
 
-    /// Pulls jobs from `next_job` until it returns `None`, keeping every slot busy, and hands
-    /// each finished job to `on_done` as soon as it completes.
+    /// Pulls jobs from `next_job`, keeping every slot busy, and hands each finished job to
+    /// `on_done` as soon as it completes; returns once no job is in flight and `next_job`
+    /// returns `None` (it is asked again whenever a slot is free, so it may return jobs after a
+    /// `None`).
     pub fn run(
         &mut self,
         next_job: impl FnMut() -> Option<Job>,
@@ -113,13 +115,13 @@ impl<'m> Engine<'m> {
         let slots = self.config.sequences;
         let mut active: Vec<Option<Sequence>> = (0..slots).map(|_| None).collect();
         let mut order: Vec<usize> = Vec::with_capacity(slots);
-        let mut queue_open = true;
         self.prepare()?;
         loop {
-            // Admit: fill every free slot at once.
-            while queue_open && order.len() < slots {
+            // Admit: fill every free slot at once. `next_job` is asked again after every step
+            // while a slot is free: a completion can make new jobs (the reduce of a chunked
+            // document).
+            while order.len() < slots {
                 let Some(job) = next_job() else {
-                    queue_open = false;
                     break;
                 };
                 if job.prompt.is_empty()

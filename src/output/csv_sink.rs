@@ -59,6 +59,7 @@ impl CsvSink {
 impl Sink for CsvSink {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         let mut row = record.csv_row().to_vec();
+        row.push(record.chunks.to_string());
         for property in &self.extra.properties {
             row.push(record.field_text(property));
         }
@@ -69,9 +70,10 @@ impl Sink for CsvSink {
     }
 }
 
-/// The CSV header: the base columns, then the extra ones.
+/// The CSV header: the base columns, `chunks`, then the extra ones.
 pub fn csv_columns(extra: &ExtraColumns) -> Vec<String> {
     let mut columns: Vec<String> = CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
+    columns.push("chunks".into());
     columns.extend(extra.properties.iter().cloned());
     if extra.scores {
         columns.push("scores".into());

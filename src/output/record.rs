@@ -49,6 +49,8 @@ pub struct Record {
     pub generated_tokens: usize,
     pub latency_ms: u64,
     pub error: String,
+    /// The chunks the document was read in (`--overflow chunk`); 1 when it fit.
+    pub chunks: usize,
     /// Label answers: every label's probability, in label order (JSONL `scores` object, CSV
     /// `scores` column as JSON text).
     #[serde(
@@ -87,6 +89,7 @@ impl Record {
             generated_tokens: 0,
             latency_ms: 0,
             error,
+            chunks: 1,
             scores: None,
             fields: None,
         }

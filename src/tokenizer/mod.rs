@@ -52,6 +52,8 @@ pub struct Tokenizer {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     add_bos: bool,
+    /// Bytes each token stands for (see [`Tokenizer::token_ends`]), built on first use.
+    byte_lengths: std::sync::OnceLock<Vec<u32>>,
 }
 
 // Pre-tokenizer regexes of llama.cpp's `tokenizer.ggml.pre` types.
@@ -155,6 +157,7 @@ impl Tokenizer {
             bos,
             eos,
             add_bos,
+            byte_lengths: std::sync::OnceLock::new(),
         })
     }
 
@@ -367,6 +370,34 @@ impl Tokenizer {
                     .collect()
             }
         }
+    }
+
+    /// For plain-text `ids` (from [`Tokenizer::encode_plain`]), the byte offset in their text
+    /// where each token ends. Exact for byte-level vocabularies; for SentencePiece the space it
+    /// puts before the text shifts them by a byte (the chunk splitter looks at whitespace on
+    /// both sides of a cut, so that does not matter).
+    pub fn token_ends(&self, ids: &[u32]) -> Vec<usize> {
+        let lengths = self.byte_lengths.get_or_init(|| {
+            let controls: HashSet<u32> = self.controls.ids().iter().copied().collect();
+            self.token_bytes()
+                .iter()
+                .enumerate()
+                .map(|(id, b)| {
+                    if controls.contains(&(id as u32)) {
+                        0
+                    } else {
+                        b.len() as u32
+                    }
+                })
+                .collect()
+        });
+        let mut end = 0usize;
+        ids.iter()
+            .map(|&id| {
+                end += lengths.get(id as usize).copied().unwrap_or(0) as usize;
+                end
+            })
+            .collect()
     }
 
     /// The control tokens (chat markup) only templates may write.
