@@ -32,7 +32,7 @@ eval "$start" # export SLURM_CONF=$dir/slurm.conf
 # The same documents and settings for the array and the single-machine reference. Short
 # contexts keep it quick; a few seconds per task leave time to requeue one mid-run.
 export INPUT=$repo/sample-data/docs OUT_DIR=$dir/out DOCANALYZE=$bin DOCANALYZE_MODEL=$model
-export DOCANALYZE_ARGS="--ctx-size 512 --max-tokens 8 --sequences 2"
+export DOCANALYZE_ARGS="--ctx-size 512 --max-tokens 8 --sequences 2 --overflow truncate"
 # shellcheck disable=SC2086
 "$bin" run "$INPUT" $DOCANALYZE_ARGS --threads 2 -q -o "$dir/single.jsonl"
 documents=$(wc -l <"$dir/single.jsonl")

@@ -279,10 +279,20 @@ pub const AUTO_MAX_SEQUENCES: usize = 16;
 /// in the memory still available (less one batch of activations), between 1 and
 /// [`AUTO_MAX_SEQUENCES`].
 pub fn auto_sequences(config: &crate::model::ModelConfig, ctx: usize, batch_size: usize) -> usize {
+    sequences_within(config, ctx, batch_size, mem_available())
+}
+
+/// [`auto_sequences`] for a memory budget of `available` bytes (`None`: unknown, one sequence).
+fn sequences_within(
+    config: &crate::model::ModelConfig,
+    ctx: usize,
+    batch_size: usize,
+    available: Option<u64>,
+) -> usize {
     let per_sequence = (ctx * config.kv_bytes_per_token()) as u64;
     let activations =
         (batch_size * (config.n_embd + config.n_ff + config.vocab_size) * 4 * 4) as u64;
-    let fit = mem_available().map_or(1, |budget| {
+    let fit = available.map_or(1, |budget| {
         largest_sequences(budget, activations, per_sequence)
     });
     (fit as usize).clamp(1, AUTO_MAX_SEQUENCES)
@@ -326,6 +336,36 @@ mod tests {
         assert_eq!("512 MiB".parse(), Ok(MemoryBudget::Bytes(536_870_912)));
         assert!("lots".parse::<MemoryBudget>().is_err());
         assert!("5 parsecs".parse::<MemoryBudget>().is_err());
+    }
+
+    #[test]
+    fn auto_sequences_fill_the_memory_left_within_the_cap() {
+        // SmolLM2-135M's shape: 30 layers, 3 K/V heads of 64.
+        let config = crate::model::ModelConfig {
+            architecture: "llama".into(),
+            name: "smol".into(),
+            n_layer: 30,
+            n_embd: 576,
+            n_head: 9,
+            n_kv_head: 3,
+            head_dim: 64,
+            n_ff: 1536,
+            context_length: 8192,
+            rope_freq_base: 100_000.0,
+            rope_linear_factor: 1.0,
+            rms_eps: 1e-5,
+            vocab_size: 49_152,
+        };
+        let (ctx, batch) = (4096, 512);
+        let per_sequence = (ctx * config.kv_bytes_per_token()) as u64;
+        let activations = (batch * (576 + 1536 + 49_152) * 16) as u64;
+        assert_eq!(per_sequence, 4096 * 2 * 30 * 3 * 64 * 2);
+        let with = |budget| sequences_within(&config, ctx, batch, budget);
+        assert_eq!(with(Some(activations + 5 * per_sequence + 1)), 5);
+        assert_eq!(with(Some(activations + 5 * per_sequence - 1)), 4);
+        assert_eq!(with(Some(1 << 40)), AUTO_MAX_SEQUENCES);
+        assert_eq!(with(Some(1 << 20)), 1, "at least one sequence");
+        assert_eq!(with(None), 1, "unknown memory: one");
     }
 
     #[test]

@@ -51,9 +51,21 @@ fn info_json_computes_the_largest_k_from_the_budget() {
     assert_eq!(info["kv_bytes_per_sequence"], 256 * TINY_KV_BYTES_PER_TOKEN);
     assert_eq!(info["layers"], 2);
     let n = |k: &str| info[k].as_u64().unwrap();
+    // The weights are the file's tensors: most of the file, never more.
+    let file = std::fs::metadata(&ws.model).unwrap().len();
+    assert!(
+        n("weights_bytes") <= file && n("weights_bytes") >= file / 2,
+        "{} of a {file}-byte file",
+        n("weights_bytes")
+    );
+    assert!(n("activation_bytes") > 0);
     let expected = (n("memory_budget_bytes") - n("weights_bytes") - n("activation_bytes"))
         / n("kv_bytes_per_sequence");
     assert_eq!(n("max_sequences"), expected);
+    assert!(
+        expected > 1,
+        "a 10 MiB budget holds several 64 KiB sequences"
+    );
     assert_eq!(n("memory_budget_bytes"), 10 * 1024 * 1024);
 }
 

@@ -79,9 +79,52 @@ fn progress_bar_stays_off_a_stderr_that_is_not_a_terminal() {
     let ws = Workspace::new();
     let docs = ws.docs("docs", 2);
     let output = ws.run().arg(&docs).output().unwrap();
+    assert!(output.status.success());
     let stderr = stderr_of(&output);
+    assert!(stderr.contains("docanalyze report"), "{stderr:?}");
     assert!(!stderr.contains('\r'), "{stderr:?}");
     assert!(!stderr.contains("\x1b["), "{stderr:?}");
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`, where it is installed) the bar
+/// is drawn: its "N tok/s, K active" is written nowhere else.
+#[test]
+fn progress_bar_is_drawn_on_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` to make a terminal");
+        return;
+    }
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 40);
+    let out = ws.path("out.jsonl");
+    let mut command = vec![assert_cmd::cargo::cargo_bin("docanalyze")
+        .display()
+        .to_string()];
+    command.extend(
+        ws.run_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    command.extend([
+        docs.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ]);
+    let quoted: Vec<String> = command.iter().map(|a| format!("'{a}'")).collect();
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &quoted.join(" "), "/dev/null"])
+        .env_remove("DOCANALYZE_LOG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(terminal.contains(" active"), "no bar drawn: {terminal:?}");
+    assert!(terminal.contains("docanalyze report"), "{terminal:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 40);
 }
 
 #[test]
@@ -89,9 +132,12 @@ fn a_reader_that_closes_the_pipe_ends_the_run_quietly() {
     let ws = Workspace::new();
     // More records than a pipe buffers (64 KiB), so the run must notice the closed pipe.
     let tickets = ws.jsonl("tickets.jsonl", 600);
+    let report = ws.path("report.json");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("docanalyze"))
         .args(ws.run_args())
         .arg(&tickets)
+        .arg("--report")
+        .arg(&report)
         .env_remove("DOCANALYZE_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,6 +158,14 @@ fn a_reader_that_closes_the_pipe_ends_the_run_quietly() {
     assert!(!stderr.contains("error"), "{stderr}");
     let record: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(record["id"], "t0");
+    // The run ended early: a run that went on would have made 600 records.
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let made =
+        report["documents_ok"].as_u64().unwrap() + report["documents_failed"].as_u64().unwrap();
+    assert!(
+        made < 600,
+        "the run went on after the pipe closed: {report}"
+    );
 }
 
 #[test]

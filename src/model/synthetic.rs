@@ -75,6 +75,10 @@ pub struct SyntheticSpec {
     pub extra_control_tokens: Vec<String>,
     /// Llama 3's RoPE frequency divisors (`rope_freqs.weight`, `head_dim / 2` of them).
     pub rope_freqs: Option<Vec<f32>>,
+    /// `general.architecture`, and the prefix of the model's keys: `llama`, `mistral`, `qwen2`.
+    pub architecture: String,
+    /// Biases on the q, k and v projections (`attn_q.bias`, …), as Qwen2 has.
+    pub qkv_bias: bool,
 }
 
 impl SyntheticSpec {
@@ -98,6 +102,8 @@ impl SyntheticSpec {
             chat_template: CHATML_TEMPLATE.to_string(),
             extra_control_tokens: Vec::new(),
             rope_freqs: None,
+            architecture: "llama".into(),
+            qkv_bias: false,
         }
     }
 
@@ -204,6 +210,9 @@ fn vocabulary(vocab_size: usize, extra_controls: &[String]) -> Vec<(String, i32)
 /// Deterministic random tensors.
 struct Weights {
     rng: ChaCha8Rng,
+    /// Biases draw from their own stream: a model with biases has the same matrices as the
+    /// one without.
+    bias_rng: ChaCha8Rng,
     dtype: GgmlDType,
     scale: f32,
 }
@@ -211,10 +220,7 @@ struct Weights {
 impl Weights {
     /// Uniform values of standard deviation `std` (half-width `std * sqrt(3)`).
     fn values(&mut self, n: usize, center: f32, std: f32) -> Vec<f32> {
-        let half = std * 3f32.sqrt();
-        (0..n)
-            .map(|_| center + self.rng.random_range(-half..=half))
-            .collect()
+        uniform(&mut self.rng, n, center, std)
     }
 
     /// A `[rows, cols]` matrix (`rows` = out features, `cols` = in features), quantized.
@@ -225,6 +231,13 @@ impl Weights {
         Ok(QTensor::quantize(&t, self.dtype)?)
     }
 
+    /// A bias: values of order one, kept in f32.
+    fn bias(&mut self, len: usize) -> Result<QTensor, ModelError> {
+        let data = uniform(&mut self.bias_rng, len, 0.0, 0.5);
+        let t = Tensor::from_vec(data, len, &Device::Cpu)?;
+        Ok(QTensor::quantize(&t, GgmlDType::F32)?)
+    }
+
     /// A norm weight: one plus a little noise, kept in f32.
     fn norm(&mut self, len: usize) -> Result<QTensor, ModelError> {
         let data = self.values(len, 1.0, 0.05);
@@ -233,32 +246,41 @@ impl Weights {
     }
 }
 
+/// `n` uniform values of standard deviation `std` around `center`.
+fn uniform(rng: &mut ChaCha8Rng, n: usize, center: f32, std: f32) -> Vec<f32> {
+    let half = std * 3f32.sqrt();
+    (0..n)
+        .map(|_| center + rng.random_range(-half..=half))
+        .collect()
+}
+
 fn u32_value(n: usize) -> Value {
     Value::U32(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-fn metadata(spec: &SyntheticSpec) -> Vec<(&'static str, Value)> {
+fn metadata(spec: &SyntheticSpec) -> Vec<(String, Value)> {
     let vocab = vocabulary(spec.vocab_size, &spec.extra_control_tokens);
     let merges = MERGES
         .iter()
         .map(|(a, b)| Value::String(format!("{a} {b}")))
         .collect();
-    vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("general.name", Value::String("synthetic-llama".into())),
-        ("llama.block_count", u32_value(spec.n_layer)),
-        ("llama.context_length", u32_value(spec.context_length)),
-        ("llama.embedding_length", u32_value(spec.n_embd)),
-        ("llama.feed_forward_length", u32_value(spec.n_ff)),
-        ("llama.attention.head_count", u32_value(spec.n_head)),
-        ("llama.attention.head_count_kv", u32_value(spec.n_kv_head)),
-        ("llama.rope.dimension_count", u32_value(spec.head_dim())),
-        ("llama.rope.freq_base", Value::F32(spec.rope_freq_base)),
+    let arch = spec.architecture.as_str();
+    let keys = vec![
+        ("general.architecture", Value::String(arch.into())),
+        ("general.name", Value::String(format!("synthetic-{arch}"))),
+        ("ARCH.block_count", u32_value(spec.n_layer)),
+        ("ARCH.context_length", u32_value(spec.context_length)),
+        ("ARCH.embedding_length", u32_value(spec.n_embd)),
+        ("ARCH.feed_forward_length", u32_value(spec.n_ff)),
+        ("ARCH.attention.head_count", u32_value(spec.n_head)),
+        ("ARCH.attention.head_count_kv", u32_value(spec.n_kv_head)),
+        ("ARCH.rope.dimension_count", u32_value(spec.head_dim())),
+        ("ARCH.rope.freq_base", Value::F32(spec.rope_freq_base)),
         (
-            "llama.attention.layer_norm_rms_epsilon",
+            "ARCH.attention.layer_norm_rms_epsilon",
             Value::F32(spec.rms_eps),
         ),
-        ("llama.vocab_size", u32_value(spec.vocab_size)),
+        ("ARCH.vocab_size", u32_value(spec.vocab_size)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("gpt2".into())),
         (
@@ -283,13 +305,21 @@ fn metadata(spec: &SyntheticSpec) -> Vec<(&'static str, Value)> {
             "tokenizer.chat_template",
             Value::String(spec.chat_template.clone()),
         ),
-    ]
+    ];
+    // The model's own keys are written `ARCH.…` above and take its architecture's prefix.
+    keys.into_iter()
+        .map(|(k, v)| match k.strip_prefix("ARCH.") {
+            Some(rest) => (format!("{arch}.{rest}"), v),
+            None => (k.to_string(), v),
+        })
+        .collect()
 }
 
 /// The tensors of a synthetic model, in llama.cpp's order and with its names.
 fn tensors(spec: &SyntheticSpec) -> Result<Vec<(String, QTensor)>, ModelError> {
     let mut w = Weights {
         rng: ChaCha8Rng::seed_from_u64(spec.seed),
+        bias_rng: ChaCha8Rng::seed_from_u64(spec.seed ^ 0xB1A5),
         dtype: spec.dtype,
         scale: spec.weight_scale,
     };
@@ -305,6 +335,11 @@ fn tensors(spec: &SyntheticSpec) -> Result<Vec<(String, QTensor)>, ModelError> {
         out.push((format!("{p}.attn_q.weight"), w.matrix(d, d)?));
         out.push((format!("{p}.attn_k.weight"), w.matrix(kv_dim, d)?));
         out.push((format!("{p}.attn_v.weight"), w.matrix(kv_dim, d)?));
+        if spec.qkv_bias {
+            for (name, len) in [("attn_q", d), ("attn_k", kv_dim), ("attn_v", kv_dim)] {
+                out.push((format!("{p}.{name}.bias"), w.bias(len)?));
+            }
+        }
         out.push((format!("{p}.attn_output.weight"), w.matrix(d, d)?));
         out.push((format!("{p}.ffn_norm.weight"), w.norm(d)?));
         out.push((format!("{p}.ffn_gate.weight"), w.matrix(ff, d)?));
@@ -336,7 +371,8 @@ pub fn write_synthetic_gguf(spec: &SyntheticSpec, path: &Path) -> Result<(), Mod
         source,
     };
     let mut file = BufWriter::new(File::create(path).map_err(io_err)?);
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     gguf_file::write(&mut file, &metadata_refs, &tensor_refs).map_err(|e| ModelError::Gguf {
         path: path.to_path_buf(),
