@@ -29,17 +29,14 @@ fn run(extra: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-fn by_id(records: &[Value]) -> BTreeMap<String, (String, String)> {
+/// Each whole record but its timing, by id.
+fn by_id(records: &[Value]) -> BTreeMap<String, Value> {
     records
         .iter()
         .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                (
-                    r["output"].as_str().unwrap().to_string(),
-                    r["stop_reason"].as_str().unwrap().to_string(),
-                ),
-            )
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("latency_ms");
+            (r["id"].as_str().unwrap().to_string(), r)
         })
         .collect()
 }

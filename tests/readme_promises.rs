@@ -316,3 +316,23 @@ fn stdin_fields_system_template_file_and_quiet() {
         assert_eq!(added, ("system\nBe brief.".len() + 3) as u64);
     }
 }
+
+#[test]
+fn an_output_inside_an_input_folder_is_refused_before_anything_is_read() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 2);
+    let inside = docs.join("results.csv");
+    let out = ws.run().arg(&docs).arg("-o").arg(&inside).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("is inside the input folder"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!inside.exists(), "nothing was written");
+    let jsonl = ws.jsonl("tickets.jsonl", 2);
+    let out = ws.run().arg(&jsonl).arg("-o").arg(&jsonl).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("is also an input"));
+    assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 2);
+}

@@ -223,16 +223,64 @@ fn two_quick_signals_leave_whole_records_and_exit_143() {
     let ws = Workspace::new();
     let docs = ws.docs("docs", DOCS);
     let out = ws.path("out.jsonl");
-    // Long generations: finishing the ones in flight would take a while.
-    let mut cmd = slow_run_of(&ws, &docs, &out, 200, &["-q"]);
+    let report = ws.path("report.json");
+    // Long generations: finishing the ones in flight (what the first signal asks) would take
+    // a while and end with the report.
+    let mut cmd = slow_run_of(
+        &ws,
+        &docs,
+        &out,
+        190,
+        &["--report", report.to_str().unwrap()],
+    );
     let child = start_and_wait_for_lines(&mut cmd, &out, 1);
     signal(&child, "TERM");
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(3));
     signal(&child, "TERM");
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(143), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    // Ended at once: the jobs in flight were not finished, so no report was made.
+    assert!(!stderr.contains("docanalyze report"), "{stderr}");
+    assert!(!report.exists(), "the run went on to write its report");
     let records = jsonl_records(&out);
     assert!(!records.is_empty() && records.len() < DOCS);
+}
+
+#[test]
+fn a_signal_during_the_model_load_leaves_the_output_untouched() {
+    let model = docanalyze::model_source::default_model_path();
+    if !model.exists() {
+        panic!("the default model is not installed: run scripts/fetch-model.sh");
+    }
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 3);
+    let out = ws.path("out.jsonl");
+    std::fs::write(&out, "yesterday's results\n").unwrap();
+    let child = Command::new(assert_cmd::cargo::cargo_bin("docanalyze"))
+        .arg("run")
+        .arg(&docs)
+        .arg("--model")
+        .arg(&model)
+        .arg("-o")
+        .arg(&out)
+        .env_remove("DOCANALYZE_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The 100 MB model takes a few hundred milliseconds to load.
+    std::thread::sleep(Duration::from_millis(60));
+    signal(&child, "INT");
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("the output was not touched"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "yesterday's results\n",
+        "{}",
+        stderr_of(&output)
+    );
 }
 
 #[test]
