@@ -336,3 +336,62 @@ fn an_output_inside_an_input_folder_is_refused_before_anything_is_read() {
     assert!(stderr_of(&out).contains("is also an input"));
     assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 2);
 }
+
+/// A tokenizer.json for the tiny model's vocabulary without its merges: every byte one token.
+fn merge_free_tokenizer_json(path: &Path) {
+    use docanalyze::model::synthetic::{byte_level_chars, ENDOFTEXT_ID, IM_END_ID, IM_START_ID};
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::AddedToken;
+    let vocab: std::collections::HashMap<String, u32> = byte_level_chars()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i as u32))
+        .chain([
+            ("<|endoftext|>".to_string(), ENDOFTEXT_ID),
+            ("<|im_start|>".to_string(), IM_START_ID),
+            ("<|im_end|>".to_string(), IM_END_ID),
+        ])
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(
+            vocab
+                .into_iter()
+                .collect::<tokenizers::models::bpe::Vocab>(),
+            Vec::new(),
+        )
+        .build()
+        .unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
+    tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    tokenizer.add_special_tokens(vec![
+        AddedToken::from("<|endoftext|>", true),
+        AddedToken::from("<|im_start|>", true),
+        AddedToken::from("<|im_end|>", true),
+    ]);
+    tokenizer.save(path, false).unwrap();
+}
+
+#[test]
+fn a_tokenizer_file_replaces_the_models_tokenizer() {
+    let ws = Workspace::new();
+    let dir = ws.path("the");
+    std::fs::create_dir_all(&dir).unwrap();
+    // " the", "he", "in", "er": the model's merges make these fewer tokens.
+    std::fs::write(dir.join("a.txt"), "the other in the winter there").unwrap();
+    let json = ws.path("tokenizer.json");
+    merge_free_tokenizer_json(&json);
+    let prompt_tokens = |extra: &[&str]| {
+        let out = ws.run().arg(&dir).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        records(&out.stdout)[0]["prompt_tokens"].as_u64().unwrap()
+    };
+    let own = prompt_tokens(&[]);
+    let json_arg = json.display().to_string();
+    let replaced = prompt_tokens(&["--tokenizer", &json_arg]);
+    assert!(
+        replaced > own,
+        "{replaced} tokens with the file, {own} without"
+    );
+}
