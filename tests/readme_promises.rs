@@ -365,7 +365,7 @@ fn merge_free_tokenizer_json(path: &Path) {
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
     tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-    tokenizer.add_special_tokens(vec![
+    let _ = tokenizer.add_special_tokens(vec![
         AddedToken::from("<|endoftext|>", true),
         AddedToken::from("<|im_start|>", true),
         AddedToken::from("<|im_end|>", true),
