@@ -9,8 +9,9 @@
 #
 # LLAMA_CPP_BIN: the bin folder of ../shared/tools/build-llama-cpp.sh. DOCS defaults to the first
 # 32 lines of sample-data/labeled/sms-spam-40.jsonl. Env: MODEL (default model), MAX_TOKENS (64),
-# REPS (3), THREADS (2), PARALLEL (8). llama-server listens on a free port of 127.0.0.1 and is
-# stopped by its PID. Prints every run, then medians and ratios.
+# REPS (3), THREADS (2), PARALLEL (8), CTX (1024: positions per slot and per sequence).
+# llama-server listens on a free port of 127.0.0.1 and is stopped by its PID. Prints every
+# run, then medians and ratios.
 set -euo pipefail
 bin=${1:?usage: bench-vs-llama-server.sh LLAMA_CPP_BIN [DOCS.jsonl]}
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ trap cleanup EXIT
 docs=${2:-$tmp/docs.jsonl}
 [[ -n ${2:-} ]] || head -n 32 sample-data/labeled/sms-spam-40.jsonl >"$docs"
 cargo build --release --quiet
-ctx=1024
+ctx=${CTX:-1024}
 
 # A fresh server per run: its slots keep earlier prompts (cache_prompt), and the same documents
 # sent again would find their whole prompts cached.
