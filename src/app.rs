@@ -102,7 +102,15 @@ pub fn init_threads(threads: usize) {
         .build_global();
 }
 
-/// One prompt builder per `--prompt`, in the model's chat template.
+/// The chat template the prompts are wrapped in: `--chat-template`, else the model's.
+fn chat_template<'a>(jobs: &'a JobsConfig, loaded: &'a LoadedModel) -> Option<&'a str> {
+    match &jobs.chat_template {
+        Some((_, source)) => Some(source),
+        None => loaded.chat_template.as_deref(),
+    }
+}
+
+/// One prompt builder per `--prompt`, in the chat template.
 fn prompt_builders(jobs: &JobsConfig, loaded: &LoadedModel) -> anyhow::Result<Vec<PromptBuilder>> {
     let builders = jobs
         .prompts
@@ -110,18 +118,21 @@ fn prompt_builders(jobs: &JobsConfig, loaded: &LoadedModel) -> anyhow::Result<Ve
         .map(|p| {
             PromptBuilder::new(
                 p,
-                loaded.chat_template.as_deref(),
+                chat_template(jobs, loaded),
                 jobs.system.clone(),
                 jobs.vars.clone(),
                 &loaded.tokenizer,
             )
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| match e {
-            PromptError::ChatTemplate { .. } => {
+        .map_err(|e| match (e, &jobs.chat_template) {
+            (e @ PromptError::ChatTemplate { .. }, Some((path, _))) => {
+                anyhow::Error::new(e).context(format!("--chat-template {}", path.display()))
+            }
+            (e @ PromptError::ChatTemplate { .. }, None) => {
                 anyhow::Error::new(e).context(format!("model {}", loaded.path.display()))
             }
-            other => other.into(),
+            (other, _) => other.into(),
         })?;
     Ok(builders)
 }
@@ -157,7 +168,7 @@ fn job_settings(
     let chunking = if jobs.overflow == Overflow::Chunk {
         let reduce = PromptBuilder::new(
             &jobs.reduce_prompt,
-            loaded.chat_template.as_deref(),
+            chat_template(jobs, loaded),
             jobs.system.clone(),
             PromptVars::default(),
             &loaded.tokenizer,

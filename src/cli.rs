@@ -330,6 +330,11 @@ pub struct PromptArgs {
     #[arg(long)]
     pub system: Option<String>,
 
+    /// A chat template file (Jinja, like a tokenizer_config.json's `chat_template`) used instead
+    /// of the model's `tokenizer.chat_template` [default: the model's, else ChatML].
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+
     /// Label answers: divide each label's probability by its probability for a content-free
     /// document ("N/A"), so that the prompt's and model's bias toward a label does not decide
     /// the answer ("Calibrate Before Use"); the answer is the label that gains most. Off by

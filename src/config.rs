@@ -39,6 +39,8 @@ pub struct JobsConfig {
     pub prompts: Vec<PromptTemplate>,
     pub vars: PromptVars,
     pub system: Option<String>,
+    /// `--chat-template FILE`: its path and text.
+    pub chat_template: Option<(PathBuf, String)>,
     pub max_tokens: usize,
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
@@ -356,6 +358,14 @@ fn jobs_config(
         prompts,
         vars: prompt_vars(prompt)?,
         system: prompt.system.clone(),
+        chat_template: match &prompt.chat_template {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("--chat-template {}: {e}", path.display())))?,
+            )),
+            None => None,
+        },
         max_tokens: g.max_tokens,
         ignore_eos: g.ignore_eos,
         sampling: SamplingParams {

@@ -395,3 +395,57 @@ fn a_tokenizer_file_replaces_the_models_tokenizer() {
         "{replaced} tokens with the file, {own} without"
     );
 }
+
+#[test]
+fn a_chat_template_file_replaces_the_models() {
+    let ws = Workspace::new();
+    let docs = ws.docs("docs", 2);
+    let plain = ws.path("plain.jinja");
+    // No markup at all: the prompt is the user message and a cue, byte for byte.
+    std::fs::write(
+        &plain,
+        "{% for m in messages %}{{ m.content }}\n{% endfor %}Answer: ",
+    )
+    .unwrap();
+    let prompt_tokens = |extra: &[&str]| -> Vec<u64> {
+        let out = ws.run().arg(&docs).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        records(&out.stdout)
+            .iter()
+            .map(|r| r["prompt_tokens"].as_u64().unwrap())
+            .collect()
+    };
+    let own = prompt_tokens(&[]);
+    let path = plain.display().to_string();
+    let replaced = prompt_tokens(&["--chat-template", &path]);
+    // ChatML wraps the message in `<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n`:
+    // 1 + 4 (`u` `s` `er` `\n`) + 1 + 1 + 1 + 10 = 18 tokens of the tiny vocabulary; this one in
+    // `\nAnswer: `: 1 + 7 (`er` merged) = 8.
+    for (o, r) in own.iter().zip(&replaced) {
+        assert_eq!(o - r, 18 - 8, "{own:?} {replaced:?}");
+    }
+
+    let broken = ws.path("broken.jinja");
+    std::fs::write(&broken, "{{ raise_exception('not for this model') }}").unwrap();
+    let out = ws
+        .run()
+        .arg(&docs)
+        .arg("--chat-template")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("--chat-template") && stderr.contains("broken.jinja"),
+        "{stderr}"
+    );
+    let out = ws
+        .run()
+        .arg(&docs)
+        .args(["--chat-template", "no-such.jinja"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("no-such.jinja"));
+}
