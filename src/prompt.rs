@@ -376,7 +376,7 @@ impl PromptBuilder {
     pub fn render(&self, id: &str, document: &str) -> Result<String, PromptError> {
         Ok(self
             .controls
-            .unescape(&self.render_escaped(id, document)?)
+            .unescape(&self.render_escaped(id, document, PartInfo::WHOLE)?)
             .into_owned())
     }
 
@@ -399,8 +399,7 @@ impl PromptBuilder {
         document: &str,
         part: PartInfo<'_>,
     ) -> Result<Vec<u32>, PromptError> {
-        let user = self.render_task(id, document, part)?;
-        Ok(tokenizer.encode_prompt(&self.render_chat(&user)?)?)
+        Ok(tokenizer.encode_prompt(&self.render_escaped(id, document, part)?)?)
     }
 
     /// The task template's instruction with no document (escaped): what a reduce prompt
@@ -422,8 +421,13 @@ impl PromptBuilder {
     }
 
     /// The prompt text with every value from the data escaped (see [`crate::control_tokens`]).
-    fn render_escaped(&self, id: &str, document: &str) -> Result<String, PromptError> {
-        let user = self.render_task(id, document, PartInfo::WHOLE)?;
+    fn render_escaped(
+        &self,
+        id: &str,
+        document: &str,
+        part: PartInfo<'_>,
+    ) -> Result<String, PromptError> {
+        let user = self.render_task(id, document, part)?;
         self.render_chat(&user)
     }
 

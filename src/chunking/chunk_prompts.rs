@@ -81,10 +81,9 @@ pub fn split_to_fit(
             };
             let tokens = builder.tokens_of_part(tokenizer, id, text.trim(), part)?;
             excess = excess.max(tokens.len().saturating_sub(available));
-            let document_tokens = ends
-                .iter()
-                .filter(|&&e| e > range.start && e <= range.end)
-                .count();
+            // The tokens ending inside the chunk (`ends` ascends).
+            let document_tokens = ends.partition_point(|&e| e <= range.end)
+                - ends.partition_point(|&e| e <= range.start);
             chunks.push(ChunkPrompt {
                 tokens,
                 range,

@@ -77,15 +77,14 @@ fn merge_value(answers: &[(Value, &str)], schema: Option<&Value>, key: Option<&s
             Value::Array(items)
         }
         _ => {
-            let best = present
+            let backing: Vec<Evidence> = present
                 .iter()
                 .map(|(v, text)| evidence(v, text, key))
-                .max()
-                .unwrap_or(Evidence::None);
-            present
-                .iter()
-                .find(|(v, text)| evidence(v, text, key) == best)
-                .map_or(Value::Null, |(v, _)| v.clone())
+                .collect();
+            let best = backing.iter().max().copied().unwrap_or(Evidence::None);
+            // The first in document order among the best backed.
+            let first = backing.iter().position(|&e| e == best).unwrap_or(0);
+            present[first].0.clone()
         }
     }
 }

@@ -32,7 +32,7 @@ pub enum Reducer {
     /// Label answers: the label of most probability mass over the chunks.
     Labels(Arc<LabelSet>),
     /// JSON answers: merged per field, following this schema.
-    Json(Option<Value>),
+    Json(Value),
 }
 
 /// What a chunked document needs once one of its answers came in.
@@ -104,6 +104,11 @@ impl ChunkedDocument {
         self.record.chunks
     }
 
+    /// The document's id, source and prompt.
+    pub fn job(&self) -> (&str, &str, &str) {
+        (&self.record.id, &self.record.source, &self.record.prompt)
+    }
+
     pub fn reduce_calls(&self) -> usize {
         self.reduce_calls
     }
@@ -154,7 +159,7 @@ impl ChunkedDocument {
                     .zip(&self.texts)
                     .map(|(a, t)| (a.fields.clone().unwrap_or(Value::Null), t.as_str()))
                     .collect();
-                let merged = merge_json(&values, schema.as_ref());
+                let merged = merge_json(&values, Some(&schema));
                 self.record.output = merged.to_string();
                 self.record.fields = Some(merged);
                 Next::Done(Box::new(self.finished()))

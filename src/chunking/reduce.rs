@@ -12,14 +12,6 @@ pub struct ReduceInput {
 }
 
 impl ReduceInput {
-    /// The heading it gets in a reduce prompt.
-    pub fn heading(&self) -> String {
-        match self.parts {
-            (a, b) if a == b => format!("Part {a}"),
-            (a, b) => format!("Parts {a}-{b}"),
-        }
-    }
-
     /// What a group of consecutive inputs becomes once merged into `text`.
     pub fn merged(group: &[ReduceInput], text: String) -> ReduceInput {
         ReduceInput {
@@ -80,7 +72,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn headings_name_the_parts() {
+    fn groups_join_in_order_and_cover_their_parts() {
         let a = ReduceInput {
             parts: (1, 1),
             text: " first ".into(),
@@ -89,8 +81,6 @@ mod tests {
             parts: (2, 4),
             text: "rest".into(),
         };
-        assert_eq!(a.heading(), "Part 1");
-        assert_eq!(b.heading(), "Parts 2-4");
         assert_eq!(joined(&[a.clone(), b.clone()]), "first\n\nrest");
         assert_eq!(ReduceInput::merged(&[a, b], "x".into()).parts, (1, 4));
     }

@@ -54,14 +54,8 @@ impl JobPart {
 /// A chunked document in progress, with what its reduce calls and final record need.
 struct Chunked {
     state: ChunkedDocument,
-    id: String,
-    source: String,
-    prompt: String,
-    /// The task template's instruction, for the reduce template.
-    task: String,
     /// The prompt's builder (in the run's builders).
     builder_index: usize,
-    labels: Option<Arc<LabelSet>>,
     gold: Option<String>,
 }
 
@@ -198,13 +192,9 @@ impl<'r, 's> JobQueue<'r, 's> {
             self.enqueue(meta(false, None), job("", tokens), false);
             return Flow::Continue;
         }
-        let task = match builder.task_text(&doc.id) {
-            Ok(task) => task,
-            Err(e) => return refused(e),
-        };
         let reducer = match (&labels, builder.json()) {
             (Some(set), _) => Reducer::Labels(set.clone()),
-            (None, Some(json)) => Reducer::Json(Some(json.schema().clone())),
+            (None, Some(json)) => Reducer::Json(json.schema().clone()),
             (None, None) => Reducer::Text,
         };
         let parts: Vec<(&str, usize)> = chunks
@@ -217,12 +207,7 @@ impl<'r, 's> JobQueue<'r, 's> {
             doc_key,
             Chunked {
                 state: ChunkedDocument::new(&doc.id, &doc.source, prompt_name, reducer, &parts),
-                id: doc.id.clone(),
-                source: doc.source.clone(),
-                prompt: prompt_name.to_string(),
-                task,
                 builder_index,
-                labels: labels.clone(),
                 gold: doc.gold.clone(),
             },
         );
@@ -311,7 +296,8 @@ impl<'r, 's> JobQueue<'r, 's> {
                         summary.chunks += entry.state.parts();
                         summary.reduce_calls += entry.state.reduce_calls();
                     }
-                    return self.write(*record, entry.gold, entry.labels);
+                    let labels = self.builders[entry.builder_index].labels().cloned();
+                    return self.write(*record, entry.gold, labels);
                 }
             }
         }
@@ -321,22 +307,26 @@ impl<'r, 's> JobQueue<'r, 's> {
     fn plan_reduce(&self, entry: &mut Chunked, doc: usize, inputs: &[ReduceInput]) -> Next {
         let settings = self.settings;
         let chunking = settings.chunking.as_ref().expect("a chunked run");
-        let context = ReduceContext {
-            builder: &chunking.reduce,
-            task_builder: &self.builders[entry.builder_index],
-            tokenizer: self.tokenizer,
-            id: &entry.id,
-            task: &entry.task,
-            parts: entry.state.parts(),
-            ctx: settings.ctx,
-            max_tokens: settings.max_tokens,
-        };
-        let planned = match plan_level(inputs, &context) {
+        let task_builder = &self.builders[entry.builder_index];
+        let (id, source, prompt) = entry.state.job();
+        let planned = task_builder.task_text(id).and_then(|task| {
+            let context = ReduceContext {
+                builder: &chunking.reduce,
+                task_builder,
+                tokenizer: self.tokenizer,
+                id,
+                task: &task,
+                parts: entry.state.parts(),
+                ctx: settings.ctx,
+                max_tokens: settings.max_tokens,
+            };
+            plan_level(inputs, &context)
+        });
+        let planned = match planned {
             Ok(planned) => planned,
             Err(e) => {
-                return entry
-                    .state
-                    .failed(format!("{}: the reduce prompt: {e}", entry.source))
+                let error = format!("{source}: the reduce prompt: {e}");
+                return entry.state.failed(error);
             }
         };
         let mut calls = Vec::new();
@@ -345,9 +335,9 @@ impl<'r, 's> JobQueue<'r, 's> {
                 continue;
             };
             let meta = JobMeta {
-                id: entry.id.clone(),
-                source: entry.source.clone(),
-                prompt: entry.prompt.clone(),
+                id: id.to_string(),
+                source: source.to_string(),
+                prompt: prompt.to_string(),
                 truncated: false,
                 labels: None,
                 json: false,
@@ -355,10 +345,10 @@ impl<'r, 's> JobQueue<'r, 's> {
                 gold: None,
                 part: Some(JobPart::Reduce { doc, slot }),
             };
-            let key_prompt = format!("{}#reduce{}-{}", entry.prompt, parts.0, parts.1);
+            let key_prompt = format!("{prompt}#reduce{}-{}", parts.0, parts.1);
             let job = Job {
                 index: 0,
-                key: job_key(&entry.id, &entry.source, &key_prompt),
+                key: job_key(id, source, &key_prompt),
                 prompt: tokens.clone(),
                 max_tokens: settings.max_tokens,
                 ignore_eos: settings.ignore_eos,
