@@ -12,7 +12,7 @@ use clap::ValueEnum;
 use docanalyze::cli::DeviceArg;
 use docanalyze::device::{device_name, select_device};
 use docanalyze::engine::{Engine, EngineConfig, Flow, Job};
-use docanalyze::model::{GgufFile, Llama};
+use docanalyze::model::{GgufFile, Model};
 use docanalyze::sampler::SamplingParams;
 use docanalyze::tokenizer::Tokenizer;
 
@@ -66,7 +66,7 @@ fn prompt(tokenizer: &Tokenizer, seq: usize, n: usize) -> anyhow::Result<Vec<u32
 /// Runs `jobs` at once on `sequences` slots; returns (prefill s, decode s, prefill tokens,
 /// decode tokens, wall s).
 fn run(
-    model: &Llama,
+    model: &Model,
     tokenizer: &Tokenizer,
     sequences: usize,
     npp: usize,
@@ -115,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     let mut gguf = GgufFile::open(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&gguf, None)?;
     let device = select_device(args.device)?;
-    let model = Llama::load(&mut gguf, &device)?;
+    let model = Model::load(&mut gguf, &device)?;
     run(&model, &tokenizer, 1, 16, 4)?; // warm-up
 
     println!(

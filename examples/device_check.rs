@@ -7,11 +7,11 @@ use clap::ValueEnum;
 use docanalyze::cli::DeviceArg;
 use docanalyze::device::select_device;
 use docanalyze::engine::{Engine, EngineConfig, Flow, Job};
-use docanalyze::model::{BatchRow, BatchStep, GgufFile, Llama, SlotId};
+use docanalyze::model::{BatchRow, BatchStep, GgufFile, Model, SlotId};
 use docanalyze::sampler::SamplingParams;
 use docanalyze::tokenizer::Tokenizer;
 
-fn greedy(model: &Llama, eog: Vec<u32>, prompts: &[Vec<u32>]) -> anyhow::Result<Vec<Vec<u32>>> {
+fn greedy(model: &Model, eog: Vec<u32>, prompts: &[Vec<u32>]) -> anyhow::Result<Vec<Vec<u32>>> {
     let mut engine = Engine::new(
         model,
         EngineConfig {
@@ -42,7 +42,7 @@ fn greedy(model: &Llama, eog: Vec<u32>, prompts: &[Vec<u32>]) -> anyhow::Result<
     Ok(out)
 }
 
-fn first_logits(model: &Llama, prompt: &[u32]) -> anyhow::Result<Vec<f32>> {
+fn first_logits(model: &Model, prompt: &[u32]) -> anyhow::Result<Vec<f32>> {
     let cache = model.new_cache(1, 256)?;
     let step = BatchStep {
         rows: prompt
@@ -70,8 +70,8 @@ fn main() -> anyhow::Result<()> {
     let gpu = select_device(device)?;
     let mut gguf = GgufFile::open(std::path::Path::new(&path))?;
     let tokenizer = Tokenizer::from_gguf(&gguf, None)?;
-    let cpu_model = Llama::load(&mut gguf, &candle_core::Device::Cpu)?;
-    let gpu_model = Llama::load(&mut gguf, &gpu)?;
+    let cpu_model = Model::load(&mut gguf, &candle_core::Device::Cpu)?;
+    let gpu_model = Model::load(&mut gguf, &gpu)?;
     let prompts: Vec<Vec<u32>> = [
         "Hello world",
         "The quick brown fox jumps over the lazy dog.",

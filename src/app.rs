@@ -112,6 +112,13 @@ fn chat_template<'a>(jobs: &'a JobsConfig, loaded: &'a LoadedModel) -> Option<&'
 
 /// One prompt builder per `--prompt`, in the chat template.
 fn prompt_builders(jobs: &JobsConfig, loaded: &LoadedModel) -> anyhow::Result<Vec<PromptBuilder>> {
+    if chat_template(jobs, loaded).is_none() {
+        let (kind, _) = crate::prompt::fallback_chat_template(&loaded.tokenizer);
+        tracing::warn!(
+            "{} has no chat template: prompts go to it as {kind} (--chat-template FILE gives one)",
+            loaded.path.display()
+        );
+    }
     let builders = jobs
         .prompts
         .iter()

@@ -355,6 +355,9 @@ mod tests {
             rope_linear_factor: 1.0,
             rms_eps: 1e-5,
             vocab_size: 49_152,
+            rope_neox: false,
+            attention_scale: 0.125,
+            sliding_window: None,
         };
         let (ctx, batch) = (4096, 512);
         let per_sequence = (ctx * config.kv_bytes_per_token()) as u64;

@@ -8,13 +8,13 @@ use candle_core::Device;
 
 use crate::config::ModelConfig as ModelChoice;
 use crate::device::select_device;
-use crate::model::{GgufFile, Llama, ModelConfig};
+use crate::model::{GgufFile, Model, ModelConfig};
 use crate::panic_guard::catch_quietly;
 use crate::tokenizer::Tokenizer;
 
 pub struct LoadedModel {
     pub path: PathBuf,
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
     pub device: Device,
@@ -38,7 +38,7 @@ impl LoadedModel {
             let tokenizer = Tokenizer::from_gguf(&gguf, choice.tokenizer.as_deref())
                 .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
             let chat_template = gguf.string("tokenizer.chat_template").ok();
-            let model = Llama::load(&mut gguf, &device)?;
+            let model = Model::load(&mut gguf, &device)?;
             Ok((model, tokenizer, chat_template))
         })
         .map_err(|panic| {

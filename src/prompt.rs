@@ -42,8 +42,24 @@ pub const OUTPUT_BYTES_PER_INPUT_BYTE: usize = 4;
 const PROBE_ID: &str = "probe.txt";
 const PROBE_DOCUMENT: &str = "A short document.\n\nIt has two paragraphs.";
 
-/// Used when a GGUF carries no `tokenizer.chat_template`.
+/// Used when a GGUF carries no `tokenizer.chat_template` but its vocabulary has ChatML's
+/// control tokens.
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Used when a GGUF carries no chat template and no ChatML tokens (a base model, such as Gemma
+/// 3 270M): the messages as plain text, one paragraph each, after the tokenizer's BOS.
+const PLAIN_TEMPLATE: &str = "{% for message in messages %}{{ message['content'] }}{{ '\n\n' if not loop.last or add_generation_prompt else '' }}{% endfor %}";
+
+/// The chat template for a model whose file has none, with its name in words: ChatML when
+/// its vocabulary knows `<|im_start|>` as a control token, else plain text.
+pub fn fallback_chat_template(tokenizer: &Tokenizer) -> (&'static str, &'static str) {
+    let chatml = (tokenizer.control_tokens().strings().iter()).any(|s| s == "<|im_start|>");
+    if chatml {
+        ("ChatML", CHATML_TEMPLATE)
+    } else {
+        ("plain text after BOS", PLAIN_TEMPLATE)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -283,7 +299,8 @@ impl PromptBuilder {
         };
         env.add_template_owned("task", template.source.clone())
             .map_err(|e| syntax(&template.name, e))?;
-        env.add_template_owned("chat", chat_template.unwrap_or(CHATML_TEMPLATE).to_string())
+        let chat_template = chat_template.unwrap_or_else(|| fallback_chat_template(tokenizer).1);
+        env.add_template_owned("chat", chat_template.to_string())
             .map_err(|e| syntax("tokenizer.chat_template", e))?;
         let mut vars = vars;
         if vars.labels.is_empty() {

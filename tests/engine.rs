@@ -10,7 +10,7 @@ use docanalyze::engine::{Completion, Engine, EngineConfig, Flow, Job, StopReason
 use docanalyze::model::synthetic::{
     write_synthetic_gguf, SyntheticSpec, CHATML_TEMPLATE, ENDOFTEXT_ID, IM_END_ID, IM_START_ID,
 };
-use docanalyze::model::{BatchRow, BatchStep, GgufFile, Llama, SlotId, SlotKvCache};
+use docanalyze::model::{BatchRow, BatchStep, GgufFile, Model, SlotId, SlotKvCache};
 use docanalyze::prompt::{PromptBuilder, PromptTemplate, PromptVars};
 use docanalyze::sampler::{argmax, SamplingParams};
 use docanalyze::tokenizer::Tokenizer;
@@ -25,7 +25,7 @@ const F32_WEIGHTS_TOLERANCE: f32 = 1e-3;
 
 /// A model and its tokenizer, written to and loaded from a temporary GGUF.
 struct Fixture {
-    model: Llama,
+    model: Model,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
     _dir: tempfile::TempDir,
@@ -38,7 +38,7 @@ fn load(spec: &SyntheticSpec) -> Fixture {
     let mut gguf = GgufFile::open(&path).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf, None).unwrap();
     let chat_template = gguf.string("tokenizer.chat_template").ok();
-    let model = Llama::load(&mut gguf, &Device::Cpu).unwrap();
+    let model = Model::load(&mut gguf, &Device::Cpu).unwrap();
     Fixture {
         model,
         tokenizer,
@@ -92,7 +92,7 @@ fn rows(tokens: &[u32], from: usize, n: usize, slot: usize, all_logits: bool) ->
         .collect()
 }
 
-fn forward(model: &Llama, step: &BatchStep, cache: &SlotKvCache) -> Vec<Vec<f32>> {
+fn forward(model: &Model, step: &BatchStep, cache: &SlotKvCache) -> Vec<Vec<f32>> {
     model.forward(step, cache).unwrap().to_vec2().unwrap()
 }
 
@@ -121,7 +121,7 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 
 /// Logits of every position of `tokens`, the sequence alone in a fresh one-slot cache, all
 /// positions in one prefill step.
-fn reference_logits(model: &Llama, tokens: &[u32], ctx: usize) -> Vec<Vec<f32>> {
+fn reference_logits(model: &Model, tokens: &[u32], ctx: usize) -> Vec<Vec<f32>> {
     let cache = model.new_cache(1, ctx).unwrap();
     let step = BatchStep {
         rows: rows(tokens, 0, tokens.len(), 0, true),

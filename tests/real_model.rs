@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::Device;
 use docanalyze::engine::{Completion, Engine, EngineConfig, Flow, Job, StopReason};
-use docanalyze::model::{BatchRow, BatchStep, GgufFile, Llama, SlotId};
+use docanalyze::model::{BatchRow, BatchStep, GgufFile, Model, SlotId};
 use docanalyze::prompt::{PromptBuilder, PromptTemplate, PromptVars};
 use docanalyze::sampler::SamplingParams;
 use docanalyze::tokenizer::Tokenizer;
@@ -26,7 +26,7 @@ const EIFFEL_ANSWER: [u32; 13] = [
 ];
 
 struct Loaded {
-    model: Llama,
+    model: Model,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
 }
@@ -35,7 +35,7 @@ fn load() -> Loaded {
     let mut gguf = GgufFile::open(&common::default_model()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf, None).unwrap();
     let chat_template = gguf.string("tokenizer.chat_template").ok();
-    let model = Llama::load(&mut gguf, &Device::Cpu).unwrap();
+    let model = Model::load(&mut gguf, &Device::Cpu).unwrap();
     Loaded {
         model,
         tokenizer,

@@ -6,7 +6,7 @@ use candle_core::Device;
 use docanalyze::engine::{Engine, EngineConfig};
 use docanalyze::input::Document;
 use docanalyze::model::synthetic::{write_synthetic_gguf, SyntheticSpec};
-use docanalyze::model::{GgufFile, Llama};
+use docanalyze::model::{GgufFile, Model};
 use docanalyze::output::{Record, RecordBuffer};
 use docanalyze::pipeline::{run_documents_with, JobSettings, RunControl, RunObserver};
 use docanalyze::prompt::{Overflow, PromptBuilder, PromptTemplate, PromptVars};
@@ -43,7 +43,7 @@ fn the_jobs_in_flight_when_a_stop_is_asked_are_finished_and_written() {
     let mut gguf = GgufFile::open(&path).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf, None).unwrap();
     let chat_template = gguf.string("tokenizer.chat_template").ok();
-    let model = Llama::load(&mut gguf, &Device::Cpu).unwrap();
+    let model = Model::load(&mut gguf, &Device::Cpu).unwrap();
     let builder = PromptBuilder::new(
         &PromptTemplate::resolve("summarize").unwrap(),
         chat_template.as_deref(),

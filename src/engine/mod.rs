@@ -14,7 +14,7 @@ pub use scheduler::{plan_step, StepPlan};
 pub use sequence::{Completion, Job, Sequence, StopReason};
 pub use stats::EngineStats;
 
-use crate::model::{Llama, ModelError, SlotId, SlotKvCache};
+use crate::model::{Model, ModelError, SlotId, SlotKvCache};
 use prefix::PrefixCache;
 
 /// Sizes of the engine.
@@ -38,7 +38,7 @@ pub enum Flow {
 
 /// Runs jobs through one model with `sequences` slots.
 pub struct Engine<'m> {
-    model: &'m Llama,
+    model: &'m Model,
     cache: SlotKvCache,
     config: EngineConfig,
     eog_ids: HashSet<u32>,
@@ -51,7 +51,7 @@ pub struct Engine<'m> {
 
 impl<'m> Engine<'m> {
     pub fn new(
-        model: &'m Llama,
+        model: &'m Model,
         config: EngineConfig,
         eog_ids: impl IntoIterator<Item = u32>,
     ) -> Result<Self, ModelError> {

@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 
-use crate::model::{BatchRow, BatchStep, Llama, ModelError, SlotId, SlotKvCache};
+use crate::model::{BatchRow, BatchStep, Model, ModelError, SlotId, SlotKvCache};
 
 /// One shared prefix and, once computed, its K/V rows per layer.
 struct Prefix {
@@ -46,7 +46,7 @@ impl PrefixCache {
     /// at most `batch_size` rows; returns how many rows it computed.
     pub fn compute(
         &mut self,
-        model: &Llama,
+        model: &Model,
         cache: &SlotKvCache,
         batch_size: usize,
     ) -> Result<usize, ModelError> {

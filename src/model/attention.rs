@@ -22,15 +22,41 @@ pub struct AttentionPlan {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    /// Blocks of more than one row (or every block off the CPU), with their causal masks
-    /// (none on the CPU, where the softmax masks as it goes).
-    tensor_blocks: Vec<(Segment, Option<Tensor>)>,
+    /// Multiplies the scores.
+    scale: f32,
+    /// The keys a local (sliding-window) layer's rows see, themselves included.
+    window: Option<usize>,
+    /// Blocks of more than one row (or every block off the CPU), with their causal masks for
+    /// global and local layers (none on the CPU, where the softmax masks as it goes).
+    tensor_blocks: Vec<(Segment, Masks)>,
     use_cpu: bool,
     /// Single rows attended by the CPU kernel, and their row indices in the step.
     cpu: Option<(CpuAttention, Vec<usize>, Tensor)>,
     /// Single rows off the CPU, attended all together.
     padded: Option<PaddedRows>,
     rows: usize,
+}
+
+/// A block's additive masks for global layers and (in a model with a window) local ones.
+#[derive(Default)]
+struct Masks {
+    global: Option<Tensor>,
+    local: Option<Tensor>,
+}
+
+impl Masks {
+    fn for_layer(&self, local: bool) -> Option<&Tensor> {
+        if local {
+            self.local.as_ref()
+        } else {
+            self.global.as_ref()
+        }
+    }
+}
+
+/// Whether a row at `position` sees the key at `key`: causal, and within the window if any.
+fn visible(key: usize, position: usize, window: Option<usize>) -> bool {
+    key <= position && window.is_none_or(|w| position - key < w)
 }
 
 /// Single rows (decode rows) on a GPU: each row's slot prefix is gathered from the cache and
@@ -42,33 +68,54 @@ struct PaddedRows {
     index: Tensor,
     /// Cache rows `[rows * len]`: row `i`'s positions `0..len`, clamped to its own position.
     gather: Tensor,
-    /// `[rows, 1, 1, len]`: 0 where row `i` may look, -inf past its position.
-    mask: Tensor,
+    /// `[rows, 1, 1, len]`: 0 where row `i` may look, -inf past its position (and, for local
+    /// layers, before its window).
+    masks: Masks,
     len: usize,
 }
 
 impl PaddedRows {
-    fn new(rows: &[(usize, Segment)], ctx: usize, device: &Device) -> Result<Self> {
+    fn new(
+        rows: &[(usize, Segment)],
+        ctx: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
         let len = rows
             .iter()
             .map(|(_, b)| b.first_position + 1)
             .max()
             .unwrap_or(1);
         let mut gather = Vec::with_capacity(rows.len() * len);
-        let mut mask = Vec::with_capacity(rows.len() * len);
         for (_, b) in rows {
             for t in 0..len {
-                let visible = t <= b.first_position;
                 gather.push((b.slot.0 * ctx + t.min(b.first_position)) as u32);
-                mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
             }
         }
+        let mask = |window: Option<usize>| -> Result<Tensor> {
+            let values = rows
+                .iter()
+                .flat_map(|(_, b)| (0..len).map(move |t| (t, b.first_position)))
+                .map(|(t, p)| {
+                    if visible(t, p, window) {
+                        0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            Tensor::from_vec(values, (rows.len(), 1, 1, len), device)
+        };
+        let masks = Masks {
+            global: Some(mask(None)?),
+            local: window.map(|w| mask(Some(w))).transpose()?,
+        };
         let starts: Vec<usize> = rows.iter().map(|&(start, _)| start).collect();
         let index: Vec<u32> = starts.iter().map(|&i| i as u32).collect();
         Ok(Self {
             index: Tensor::new(index, device)?,
             gather: Tensor::new(gather, device)?,
-            mask: Tensor::from_vec(mask, (rows.len(), 1, 1, len), device)?,
+            masks,
             starts,
             len,
         })
@@ -84,6 +131,7 @@ impl AttentionPlan {
         force_tensor: bool,
     ) -> Result<Self> {
         let group = config.n_head / config.n_kv_head;
+        let window = config.sliding_window;
         let use_cpu = matches!(device, Device::Cpu) && !force_tensor;
         let mut tensor_blocks = Vec::new();
         let mut decode_rows = Vec::new();
@@ -102,12 +150,18 @@ impl AttentionPlan {
             } else if block.len == 1 {
                 single_rows.push((block.start, block));
             } else {
-                let mask = if use_cpu {
-                    None
+                let masks = if use_cpu {
+                    Masks::default()
                 } else {
-                    causal_mask(&block, group, device)?
+                    Masks {
+                        global: causal_mask(&block, group, None, device)?,
+                        local: match window {
+                            Some(w) => causal_mask(&block, group, Some(w), device)?,
+                            None => None,
+                        },
+                    }
                 };
-                tensor_blocks.push((block, mask));
+                tensor_blocks.push((block, masks));
             }
         }
         let rows = segments.iter().map(|s| s.len).sum();
@@ -122,18 +176,22 @@ impl AttentionPlan {
                 n_kv_head: config.n_kv_head,
                 head_dim: config.head_dim,
                 ctx,
+                scale: config.attention_scale,
+                window: None,
             };
             Some((op, decode_index, index))
         };
         let padded = if single_rows.is_empty() {
             None
         } else {
-            Some(PaddedRows::new(&single_rows, ctx, device)?)
+            Some(PaddedRows::new(&single_rows, ctx, window, device)?)
         };
         Ok(Self {
             n_head: config.n_head,
             n_kv_head: config.n_kv_head,
             head_dim: config.head_dim,
+            scale: config.attention_scale,
+            window,
             tensor_blocks,
             use_cpu,
             cpu,
@@ -142,8 +200,16 @@ impl AttentionPlan {
         })
     }
 
-    /// `q`: `[rows, n_head, head_dim]`, rotated; returns `[rows, n_head * head_dim]`.
-    pub fn forward(&self, layer: usize, q: &Tensor, cache: &SlotKvCache) -> Result<Tensor> {
+    /// `q`: `[rows, n_head, head_dim]`, rotated; returns `[rows, n_head * head_dim]`. A `local`
+    /// layer's rows see only the model's sliding window of keys.
+    pub fn forward(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        cache: &SlotKvCache,
+        local: bool,
+    ) -> Result<Tensor> {
+        let window = if local { self.window } else { None };
         let width = self.n_head * self.head_dim;
         let mut pieces: Vec<(usize, Tensor)> = Vec::new();
         if let Some((op, starts, index)) = &self.cpu {
@@ -154,6 +220,16 @@ impl AttentionPlan {
                 q2.index_select(index, 0)?
             };
             let (keys, values) = cache.layer(layer);
+            let windowed;
+            let op = if window.is_some() {
+                windowed = CpuAttention {
+                    window,
+                    ..op.clone()
+                };
+                &windowed
+            } else {
+                op
+            };
             let out = q_rows.contiguous()?.apply_op3_no_bwd(keys, values, op)?;
             if starts.len() == self.rows {
                 return Ok(out);
@@ -163,7 +239,7 @@ impl AttentionPlan {
             }
         }
         if let Some(padded) = &self.padded {
-            let out = self.padded_rows(layer, padded, q, cache)?;
+            let out = self.padded_rows(layer, padded, q, cache, window.is_some())?;
             if padded.starts.len() == self.rows {
                 return Ok(out); // every row is a single row, in order
             }
@@ -172,12 +248,13 @@ impl AttentionPlan {
             }
         }
         if self.use_cpu {
-            pieces.extend(self.cpu_blocks(layer, q, cache)?);
+            pieces.extend(self.cpu_blocks(layer, q, cache, window)?);
         } else {
-            for (block, mask) in &self.tensor_blocks {
+            for (block, masks) in &self.tensor_blocks {
+                let mask = masks.for_layer(window.is_some());
                 pieces.push((
                     block.start,
-                    self.tensor_block(layer, block, mask.as_ref(), q, cache)?,
+                    self.tensor_block(layer, block, mask, q, cache)?,
                 ));
             }
         }
@@ -197,6 +274,7 @@ impl AttentionPlan {
         padded: &PaddedRows,
         q: &Tensor,
         cache: &SlotKvCache,
+        local: bool,
     ) -> Result<Tensor> {
         let (d, kvh, hd, len) = (
             padded.starts.len(),
@@ -217,8 +295,11 @@ impl AttentionPlan {
         };
         let k = gathered(keys)?.permute((0, 2, 3, 1))?.contiguous()?; // [d, kvh, hd, len]
         let v = gathered(values)?.permute((0, 2, 1, 3))?.contiguous()?; // [d, kvh, len, hd]
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k)? * scale)?.broadcast_add(&padded.mask)?;
+        let mask = padded
+            .masks
+            .for_layer(local)
+            .expect("padded rows have masks");
+        let scores = (q.matmul(&k)? * self.scale as f64)?.broadcast_add(mask)?;
         softmax_last_dim(&scores)?
             .matmul(&v)?
             .reshape((d, kvh * group * hd))
@@ -231,6 +312,7 @@ impl AttentionPlan {
         layer: usize,
         q: &Tensor,
         cache: &SlotKvCache,
+        window: Option<usize>,
     ) -> Result<Vec<(usize, Tensor)>> {
         let (kvh, hd) = (self.n_kv_head, self.head_dim);
         let (keys, values) = cache.layer(layer);
@@ -246,6 +328,8 @@ impl AttentionPlan {
             n_head: self.n_head,
             n_kv_head: kvh,
             head_dim: hd,
+            scale: self.scale,
+            window,
         };
         // Each block's heads side by side, `[kvh, rows * group, hd]`, one slice per task.
         let per_head = |block: &Segment| block.len * (self.n_head / kvh) * hd;
@@ -296,8 +380,7 @@ impl AttentionPlan {
             .reshape((kvh, n * group, hd))?;
         let k = k.permute((1, 2, 0))?; // [kvh, hd, total]
         let v = v.permute((1, 0, 2))?; // [kvh, total, hd]
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k)? * scale)?;
+        let scores = (q.matmul(&k)? * self.scale as f64)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -336,7 +419,8 @@ fn split_blocks(seg: &Segment, block: usize) -> Vec<Segment> {
 }
 
 /// `[n * group, total]` additive mask for a block of more than one row: query row `i` (at
-/// position `first + i`) may see keys `0..=first + i`. A single row sees everything.
+/// position `first + i`) may see keys `0..=first + i` (the last `window` of them when there is
+/// one). A single row sees everything.
 ///
 /// ```text
 ///            keys: 0 .. first-1 | first .. first+n-1
@@ -344,16 +428,27 @@ fn split_blocks(seg: &Segment, block: usize) -> Vec<Segment> {
 /// row 1:           0 ...      0 | 0  0    -inf
 /// row n-1:         0 ...      0 | 0  0    0
 /// ```
-fn causal_mask(block: &Segment, group: usize, dev: &Device) -> Result<Option<Tensor>> {
+fn causal_mask(
+    block: &Segment,
+    group: usize,
+    window: Option<usize>,
+    dev: &Device,
+) -> Result<Option<Tensor>> {
     if block.len == 1 {
         return Ok(None);
     }
     let total = block.first_position + block.len;
     let mut mask = Vec::with_capacity(block.len * group * total);
     for i in 0..block.len {
-        let visible = block.first_position + i + 1;
+        let position = block.first_position + i;
         for _ in 0..group {
-            mask.extend((0..total).map(|j| if j < visible { 0f32 } else { f32::NEG_INFINITY }));
+            mask.extend((0..total).map(|j| {
+                if visible(j, position, window) {
+                    0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
     }
     Tensor::from_vec(mask, (block.len * group, total), dev).map(Some)
@@ -400,12 +495,22 @@ mod tests {
             len: 2,
             first_position: 3,
         };
-        let m: Vec<Vec<f32>> = causal_mask(&block, 1, &Device::Cpu)
+        let m: Vec<Vec<f32>> = causal_mask(&block, 1, None, &Device::Cpu)
             .unwrap()
             .unwrap()
             .to_vec2()
             .unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(m, vec![vec![0.0, 0.0, 0.0, 0.0, inf], vec![0.0; 5]]);
+        // A window of 2: position 3 sees keys 2 and 3, position 4 keys 3 and 4.
+        let m: Vec<Vec<f32>> = causal_mask(&block, 1, Some(2), &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(
+            m,
+            vec![vec![inf, inf, 0.0, 0.0, inf], vec![inf, inf, inf, 0.0, 0.0]]
+        );
     }
 }

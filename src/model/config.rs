@@ -19,10 +19,18 @@ pub struct ModelConfig {
     pub rope_linear_factor: f32,
     pub rms_eps: f32,
     pub vocab_size: usize,
+    /// Rotary embedding over the two halves of a head (NeoX: qwen2, qwen3, gemma3, phi3)
+    /// rather than over adjacent pairs (llama, mistral, whose q/k llama.cpp's converter permutes).
+    pub rope_neox: bool,
+    /// Multiplies the query·key scores (`1/√head_dim` for every architecture but Gemma 3 27B).
+    pub attention_scale: f32,
+    /// The span of keys a sliding-window layer sees, itself included (Gemma 3's local layers).
+    pub sliding_window: Option<usize>,
 }
 
-/// Architectures whose GGUF layout is the llama one (optionally with q/k/v biases).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
+/// Architectures this program runs, each by its file in `src/model/`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"];
 
 impl ModelConfig {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
@@ -58,8 +66,23 @@ impl ModelConfig {
             gguf.strings("tokenizer.ggml.tokens")?.len()
         };
         let name = gguf.string("general.name").unwrap_or_else(|_| arch.clone());
+        let n_layer = gguf.usize(&key("block_count"))?;
+        let sliding_window = match arch.as_str() {
+            // Phi-3's window is switched off in llama.cpp (its converters set it wrong).
+            "gemma3" if gguf.has(&key("attention.sliding_window")) => {
+                Some(gguf.usize(&key("attention.sliding_window"))?).filter(|&w| w > 0)
+            }
+            _ => None,
+        };
+        // Gemma 3 27B scales queries by 1/√(n_embd / n_head), which is not its head size
+        // (llama.cpp `gemma3.cpp`, after gemma_pytorch).
+        let scale_dim = if arch == "gemma3" && n_layer == 62 {
+            n_embd / n_head.max(1)
+        } else {
+            head_dim
+        };
         let config = Self {
-            n_layer: gguf.usize(&key("block_count"))?,
+            n_layer,
             n_embd,
             n_head,
             n_kv_head,
@@ -70,6 +93,9 @@ impl ModelConfig {
             rope_linear_factor,
             rms_eps: gguf.f32(&key("attention.layer_norm_rms_epsilon"))?,
             vocab_size,
+            rope_neox: arch != "llama" && arch != "mistral",
+            attention_scale: 1.0 / (scale_dim.max(1) as f32).sqrt(),
+            sliding_window,
             architecture: arch,
             name,
         };

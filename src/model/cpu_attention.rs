@@ -15,7 +15,8 @@ use half::f16;
 use super::cpu_storage::contiguous;
 use super::SlotId;
 
-/// One query row: its slot and position (it sees positions `0..=position`).
+/// One query row: its slot and position (it sees positions `0..=position`, the last `window`
+/// of them in a local layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeRow {
     pub slot: SlotId,
@@ -24,12 +25,25 @@ pub struct DecodeRow {
 
 /// Attention for decode rows: queries `[rows, n_head * head_dim]` (already rotated) against
 /// the caches `[slots * ctx, n_kv_head * head_dim]` (f16).
+#[derive(Clone)]
 pub struct CpuAttention {
     pub rows: Vec<DecodeRow>,
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub ctx: usize,
+    /// Multiplies the scores.
+    pub scale: f32,
+    /// Keys a row sees, itself included (a sliding-window layer); all of its prefix if `None`.
+    pub window: Option<usize>,
+}
+
+impl CpuAttention {
+    /// The first key `row` sees.
+    fn first_key(&self, row: &DecodeRow) -> usize {
+        self.window
+            .map_or(0, |w| (row.position + 1).saturating_sub(w))
+    }
 }
 
 thread_local! {
@@ -80,12 +94,12 @@ impl CustomOp3 for CpuAttention {
         }
         let group = self.n_head / self.n_kv_head;
         let stride = self.n_kv_head * hd;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = self.scale;
         // Tasks: (row, K/V head, span); each writes `group` partial heads.
         let spans: Vec<usize> = self
             .rows
             .iter()
-            .map(|r| (r.position + 1).div_ceil(SPAN))
+            .map(|r| (r.position + 1 - self.first_key(r)).div_ceil(SPAN))
             .collect();
         let first_task: Vec<usize> = spans
             .iter()
@@ -105,13 +119,14 @@ impl CustomOp3 for CpuAttention {
             let r = first_task.partition_point(|&f| f <= t) - 1;
             let (row, local) = (self.rows[r], t - first_task[r]);
             let (g, span) = (local / spans[r], local % spans[r]);
+            let first = self.first_key(&row) + span * SPAN;
             let view = HeadView {
                 keys,
                 values,
                 offset: row.slot.0 * self.ctx * stride + g * hd,
                 stride,
-                start: span * SPAN,
-                end: ((span + 1) * SPAN).min(row.position + 1),
+                start: first,
+                end: (first + SPAN).min(row.position + 1),
             };
             let q0 = r * width + g * group * hd;
             // SAFETY: task t alone writes partial[t * per_task..(t + 1) * per_task].
@@ -178,6 +193,7 @@ fn attend_group(
             // SAFETY: AVX2, FMA and F16C were detected; the lengths match the const sizes.
             64 => return unsafe { avx2::attend_group::<8>(q, view, scale, scores, out) },
             128 => return unsafe { avx2::attend_group::<16>(q, view, scale, scores, out) },
+            256 => return unsafe { avx2::attend_group::<32>(q, view, scale, scores, out) },
             _ => {}
         }
     }

@@ -1,4 +1,5 @@
-//! The model: GGUF loading, the slot KV cache and the batched forward pass.
+//! The model: GGUF loading, the slot KV cache and the batched forward pass, with one file per
+//! architecture.
 //!
 //! Knows nothing of files beyond the GGUF itself, nor of documents or output formats.
 
@@ -9,14 +10,21 @@ mod config;
 mod cpu_attention;
 mod cpu_matmul;
 mod cpu_storage;
+mod gemma3;
 mod gguf;
 mod kv_cache;
 mod linear;
 mod llama;
+mod phi3;
 mod prompt_attention;
+mod qwen3;
+mod rotary;
+mod step;
 mod swiglu;
 pub mod synthetic;
 mod team;
+mod transformer;
+mod weights;
 
 use std::path::PathBuf;
 
@@ -25,7 +33,7 @@ pub use config::ModelConfig;
 pub use gguf::GgufFile;
 pub use kv_cache::SlotKvCache;
 pub use linear::{cpu_matmul_path, Linear};
-pub use llama::Llama;
+pub use transformer::Model;
 
 /// Everything that can go wrong while loading or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +56,7 @@ pub enum ModelError {
     #[error("tensor `{name}` missing in {path}")]
     MissingTensor { name: String, path: PathBuf },
     #[error(
-        "unsupported model architecture `{arch}` in {path} (supported: llama, mistral, qwen2)"
+        "unsupported model architecture `{arch}` in {path} (supported: llama, mistral, qwen2, qwen3, gemma3, phi3)"
     )]
     UnsupportedArchitecture { arch: String, path: PathBuf },
     #[error("invalid batch: {0}")]

@@ -25,15 +25,27 @@ pub struct PromptInputs<'a> {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
+    /// Multiplies the scores.
+    pub scale: f32,
+    /// Keys a row sees, itself included (a sliding-window layer); all of its prefix if `None`.
+    pub window: Option<usize>,
 }
 
 impl PromptInputs<'_> {
     /// The block's query heads of K/V head `head` over its slot's positions
-    /// `0..first_position + len`, into `out`: `[len * group, head_dim]`, row `i * group + h`.
+    /// `0..first_position + len` (from the first row's window on, in a local layer), into
+    /// `out`: `[len * group, head_dim]`, row `i * group + h`.
     pub fn block_head(&self, block: &Segment, head: usize, out: &mut [f32]) {
         let (kvh, hd) = (self.n_kv_head, self.head_dim);
         let group = self.n_head / kvh;
-        let (n, total) = (block.len, block.first_position + block.len);
+        // Keys `lo..end` as columns `0..total`.
+        let first_key =
+            |position: usize| self.window.map_or(0, |w| (position + 1).saturating_sub(w));
+        let (lo, end) = (
+            first_key(block.first_position),
+            block.first_position + block.len,
+        );
+        let (n, total) = (block.len, end - lo);
         let m = n * group;
         // This head group's queries, row by row.
         let width = self.n_head * hd;
@@ -43,7 +55,7 @@ impl PromptInputs<'_> {
             q.extend_from_slice(&row[head * group * hd..][..group * hd]);
         }
         // The head's keys and values of the slot's prefix, as f32.
-        let first = block.slot.0 * self.ctx;
+        let first = block.slot.0 * self.ctx + lo;
         let of_head = |cache: &[f16]| {
             let mut out = vec![0f32; total * hd];
             for (p, row) in out.chunks_exact_mut(hd).enumerate() {
@@ -65,9 +77,11 @@ impl PromptInputs<'_> {
                 (&k, 1, hd as isize),
             )
         };
-        let scale = 1.0 / (hd as f32).sqrt();
         for (r, row) in scores.chunks_exact_mut(total).enumerate() {
-            softmax_row(row, block.first_position + r / group + 1, scale);
+            let position = block.first_position + r / group;
+            let (hidden, seen) = row.split_at_mut(first_key(position) - lo);
+            hidden.fill(0.0);
+            softmax_row(seen, position + 1 - lo - hidden.len(), self.scale);
         }
         assert_eq!(out.len(), m * hd, "prompt attention: output of {m} rows");
         // SAFETY: out is m × hd, scores m × total, v total × hd, all row-major.

@@ -1,4 +1,5 @@
-//! The feed-forward gate, `silu(gate) · up`, in one pass over the CPU team.
+//! The feed-forward gate, `silu(gate) · up` (SwiGLU) or `gelu_tanh(gate) · up` (Gemma's
+//! GeGLU), in one pass over the CPU team.
 //!
 //! candle computes it as two ops over strided views (the gate and up halves of one matmul
 //! output), each through rayon, which the spinning team of a forward pass answers slowly: in
@@ -18,10 +19,33 @@ const CHUNK: usize = 2048;
 /// halves of a joint matmul output).
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.device().is_cpu() {
-        gate.apply_op2_no_bwd(up, &SwiGlu)
+        gate.apply_op2_no_bwd(up, &Gated(Activation::Silu))
     } else {
         candle_nn::ops::silu(gate)? * up
     }
+}
+
+/// `gelu(gate) · up` with GELU's tanh approximation, for `[rows, n]` tensors as [`swiglu`].
+pub fn geglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() {
+        gate.apply_op2_no_bwd(up, &Gated(Activation::GeluTanh))
+    } else {
+        gate.gelu()? * up
+    }
+}
+
+/// √(2/π) and the cubic term's factor of GELU's tanh approximation.
+const GELU_A: f32 = 0.797_884_6;
+const GELU_B: f32 = 0.044_715;
+
+/// `gelu(g) · u`, `gelu(g) = g/2 · (1 + tanh(a·(g + b·g³)))`, where
+/// `1 + tanh(y) = 2 / (1 + e^(−2y))`, the exponential taken of a non-positive number only.
+fn gelu_mul(g: f32, u: f32) -> f32 {
+    let y = GELU_A * g * GELU_B.mul_add(g * g, 1.0);
+    let e = exp(-2.0 * y.abs());
+    // 1 + tanh(y): 2/(1 + e) for y ≥ 0, 2e/(1 + e) for y < 0.
+    let one_plus_tanh = 2.0 * if y >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    0.5 * g * one_plus_tanh * u
 }
 
 /// `silu(g) · u` with `silu(g) = g · sigmoid(g)`, the exponential taken of `-|g|` only.
@@ -31,7 +55,13 @@ fn silu_mul(g: f32, u: f32) -> f32 {
     g * sigmoid * u
 }
 
-struct SwiGlu;
+#[derive(Clone, Copy)]
+enum Activation {
+    Silu,
+    GeluTanh,
+}
+
+struct Gated(Activation);
 
 /// A `[rows, n]` f32 input whose rows are contiguous: `(values, offset, row stride, rows, n)`.
 fn rows_of<'a>(
@@ -51,9 +81,9 @@ fn rows_of<'a>(
     Ok((values, layout.start_offset(), stride, rows, n))
 }
 
-impl CustomOp2 for SwiGlu {
+impl CustomOp2 for Gated {
     fn name(&self) -> &'static str {
-        "docanalyze-swiglu"
+        "docanalyze-gated-unit"
     }
 
     fn cpu_fwd(
@@ -81,11 +111,18 @@ impl CustomOp2 for SwiGlu {
             #[cfg(target_arch = "x86_64")]
             if super::cpu_matmul::avx2_available() {
                 // SAFETY: AVX2 and FMA were detected at run time; the slices have len values.
-                unsafe { avx2::silu_mul(g, u, o) };
+                match self.0 {
+                    Activation::Silu => unsafe { avx2::silu_mul(g, u, o) },
+                    Activation::GeluTanh => unsafe { avx2::gelu_mul(g, u, o) },
+                }
                 return;
             }
+            let f = match self.0 {
+                Activation::Silu => silu_mul,
+                Activation::GeluTanh => gelu_mul,
+            };
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = silu_mul(g, u);
+                *o = f(g, u);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
@@ -124,6 +161,45 @@ mod avx2 {
             out[j] = super::silu_mul(g[j], u[j]);
         }
     }
+
+    /// [`super::gelu_mul`] on eight lanes at a time (the tail one by one).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `g`, `u` and `out` have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        let sign = _mm256_set1_ps(-0.0);
+        let (a, b) = (_mm256_set1_ps(super::GELU_A), _mm256_set1_ps(super::GELU_B));
+        let (one, two, half) = (
+            _mm256_set1_ps(1.0),
+            _mm256_set1_ps(2.0),
+            _mm256_set1_ps(0.5),
+        );
+        let mut i = 0;
+        while i + 8 <= n {
+            let gv = _mm256_loadu_ps(g.as_ptr().add(i));
+            let y = _mm256_mul_ps(
+                _mm256_mul_ps(a, gv),
+                _mm256_fmadd_ps(b, _mm256_mul_ps(gv, gv), one),
+            );
+            let e = exp8(_mm256_mul_ps(two, _mm256_or_ps(y, sign))); // e^(-2|y|)
+            let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(y, _mm256_setzero_ps());
+            let one_plus_tanh = _mm256_div_ps(
+                _mm256_mul_ps(two, _mm256_blendv_ps(one, e, negative)),
+                _mm256_add_ps(one, e),
+            );
+            let v = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_mul_ps(half, gv), one_plus_tanh),
+                _mm256_loadu_ps(u.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+        for j in i..n {
+            out[j] = super::gelu_mul(g[j], u[j]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +230,39 @@ mod tests {
                 assert!(
                     (g - w).abs() <= 2e-6 * w.abs().max(1e-6),
                     "row {r} column {c}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    /// GeGLU against GELU's tanh formula in f64, both signs, large magnitudes and a tail.
+    #[test]
+    fn geglu_matches_the_tanh_formula() {
+        let (rows, n) = (2, CHUNK + 11);
+        let values: Vec<f32> = (0..rows * 2 * n)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 80.0)
+            .collect();
+        let joint = Tensor::from_vec(values.clone(), (rows, 2 * n), &Device::Cpu).unwrap();
+        let (gate, up) = (
+            joint.narrow(1, 0, n).unwrap(),
+            joint.narrow(1, n, n).unwrap(),
+        );
+        let got: Vec<Vec<f32>> = geglu(&gate, &up).unwrap().to_vec2().unwrap();
+        for (r, got) in got.iter().enumerate() {
+            for (c, g) in got.iter().enumerate() {
+                let (x, u) = (
+                    values[r * 2 * n + c] as f64,
+                    values[r * 2 * n + n + c] as f64,
+                );
+                let gelu = 0.5
+                    * x
+                    * (1.0
+                        + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x))
+                            .tanh());
+                let want = gelu * u;
+                assert!(
+                    (*g as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                    "row {r} column {c}: {g} vs {want}"
                 );
             }
         }

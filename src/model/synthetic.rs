@@ -360,7 +360,7 @@ fn tensors(spec: &SyntheticSpec) -> Result<Vec<(String, QTensor)>, ModelError> {
     Ok(out)
 }
 
-/// Writes the model described by `spec` to `path` as a GGUF file that [`super::Llama::load`]
+/// Writes the model described by `spec` to `path` as a GGUF file that [`super::Model::load`]
 /// and [`crate::tokenizer::Tokenizer::from_gguf`] read like a llama.cpp conversion.
 pub fn write_synthetic_gguf(spec: &SyntheticSpec, path: &Path) -> Result<(), ModelError> {
     spec.validate(path)?;
