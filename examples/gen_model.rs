@@ -4,6 +4,8 @@
 //!
 //! cargo run --release --example gen_model -- OUT.gguf [tiny|135m|1b] [q4_0|q4_1|q8_0|q4_k|q5_k|q6_k]
 //! (the K-quants need the 1b shape: every dimension a multiple of 256)
+//! cargo run --release --example gen_model -- OUT.gguf ref-ARCH
+//! (`SyntheticSpec::reference(ARCH)`, the files compared with llama.cpp's logits)
 
 use candle_core::quantized::GgmlDType;
 use docanalyze::model::synthetic::{write_synthetic_gguf, SyntheticSpec, BASE_VOCAB};
@@ -14,6 +16,11 @@ fn main() -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("usage: gen_model OUT.gguf [shape] [dtype]"))?;
     let shape = args.next().unwrap_or_else(|| "1b".into());
+    if let Some(arch) = shape.strip_prefix("ref-") {
+        write_synthetic_gguf(&SyntheticSpec::reference(arch), std::path::Path::new(&out))?;
+        eprintln!("wrote {out}: the {arch} reference file");
+        return Ok(());
+    }
     let dtype = match args.next().as_deref().unwrap_or("q4_0") {
         "q4_0" => GgmlDType::Q4_0,
         "q4_1" => GgmlDType::Q4_1,

@@ -45,6 +45,8 @@ pub struct ModelInfo {
     /// gemm`, or candle's slow row-by-row path).
     pub matmul_paths: BTreeMap<String, String>,
     pub context_length: usize,
+    /// The keys a local (sliding-window) layer sees; `None` when every layer sees them all.
+    pub sliding_window: Option<usize>,
     pub layers: usize,
     pub heads: usize,
     pub kv_heads: usize,
@@ -111,6 +113,7 @@ impl ModelInfo {
             tensor_types,
             matmul_paths,
             context_length: config.context_length,
+            sliding_window: config.sliding_window,
             layers: config.n_layer,
             heads: config.n_head,
             kv_heads: config.n_kv_head,
@@ -160,6 +163,12 @@ impl ModelInfo {
             ("tensor types", types),
             ("CPU matmul", paths),
             ("context length", self.context_length.to_string()),
+            (
+                "sliding window",
+                self.sliding_window.map_or("none".into(), |w| {
+                    format!("{w} positions on the local layers (the cache keeps all)")
+                }),
+            ),
             ("layers", self.layers.to_string()),
             ("heads", self.heads.to_string()),
             ("kv heads", self.kv_heads.to_string()),

@@ -1,6 +1,8 @@
-//! The llama-layout architectures besides `llama` itself: `mistral` and `qwen2` (with its q/k/v
-//! biases) load under their own key prefixes and run through the binary, the same records at
-//! every K; the biases are applied (the same matrices without them give other answers).
+//! The architectures besides `llama` itself run through the binary, the same records at every
+//! K: `mistral` and `qwen2` (with its q/k/v biases) load under their own key prefixes, the
+//! biases are applied (the same matrices without them give other answers); `qwen3`, `gemma3`
+//! (a 16-token window over prompts far longer) and `phi3` too. Their logits against llama.cpp's
+//! are `tests/architectures_vs_llama_cpp.rs`.
 
 mod cli_support;
 
@@ -82,4 +84,27 @@ fn mistral_and_qwen2_files_run_the_same_at_every_k() {
     );
     assert_ne!(qwen2, unbiased, "the q/k/v biases were not applied");
     assert_ne!(unbiased, llama, "qwen2's rotation is not llama's");
+}
+
+#[test]
+fn qwen3_gemma3_and_phi3_files_run_the_same_at_every_k() {
+    let ws = cli_support::Workspace::new();
+    let docs = ws.docs("docs", 6);
+    let dir = ws.path("models");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut answers = Vec::new();
+    for architecture in ["qwen3", "gemma3", "phi3"] {
+        let spec = SyntheticSpec {
+            architecture: architecture.into(),
+            sliding_window: (architecture == "gemma3").then_some((16, 2)),
+            ..SyntheticSpec::tiny()
+        };
+        let file = write(&dir, &format!("{architecture}.gguf"), &spec);
+        let one = outputs(&file, &docs, "1");
+        assert_eq!(outputs(&file, &docs, "4"), one, "{architecture}");
+        assert_eq!(outputs(&file, &docs, "3"), one, "{architecture}");
+        answers.push(one);
+    }
+    assert_ne!(answers[0], answers[1]);
+    assert_ne!(answers[1], answers[2]);
 }
