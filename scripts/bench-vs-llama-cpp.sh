@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 llama=${1:-${LLAMA_CPP_BUILD:-}}
+# A build of ../shared/tools/build-llama-cpp.sh keeps its shared libraries beside the tools.
+[ -z "$llama" ] || export LD_LIBRARY_PATH="$llama/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 threads=${THREADS:-2}
 npl=${NPL:-1,2,4,8,16}
 reps=${REPS:-3}

@@ -1,7 +1,10 @@
 //! Where the model file comes from: a path, `hf:OWNER/REPO/FILE.gguf` (Hugging Face Hub, via
 //! its local cache first), or the default model installed by `scripts/fetch-model.sh`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 /// File name of the default model (SmolLM2-135M-Instruct, Q4_1, Apache-2.0).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -15,6 +18,13 @@ pub enum ModelSourceError {
         repo: String,
         file: String,
         message: String,
+    },
+    #[error("the download of {file} from the Hugging Face Hub repo {repo} is incomplete or corrupt (sha256 {got}, the Hub says {expected}); it was removed from the cache, run again")]
+    Corrupt {
+        repo: String,
+        file: String,
+        got: String,
+        expected: String,
     },
     #[error("no model given and the default model is not installed at {0}; run scripts/fetch-model.sh or pass --model PATH (or set DOCANALYZE_MODEL)")]
     DefaultMissing(PathBuf),
@@ -71,17 +81,74 @@ impl ModelRef {
                     file: file.clone(),
                     message,
                 };
-                // from_env honours HF_HOME and HF_ENDPOINT (a mirror, or a test's closed port).
+                // from_env honours HF_HOME and HF_ENDPOINT (a mirror, or a test's server). The
+                // file arrives as `blobs/ETAG.part`, renamed only once complete; a dropped
+                // connection is resumed from where it stopped (a Range request), up to
+                // DOWNLOAD_RETRIES times in this run, and from the `.part` file in a later run.
                 let api = hf_hub::api::sync::ApiBuilder::from_env()
-                    .with_progress(false)
+                    .with_progress(std::io::stderr().is_terminal())
+                    .with_retries(DOWNLOAD_RETRIES)
                     .build()
                     .map_err(|e| download_err(e.to_string()))?;
-                api.model(repo.clone())
-                    .get(file)
-                    .map_err(|e| download_err(e.to_string()))
+                let path = api
+                    .model(repo.clone())
+                    .download(file)
+                    .map_err(|e| download_err(e.to_string()))?;
+                verify_download(&path).map_err(|(got, expected)| ModelSourceError::Corrupt {
+                    repo: repo.clone(),
+                    file: file.clone(),
+                    got,
+                    expected,
+                })?;
+                Ok(path)
             }
         }
     }
+}
+
+/// Times a dropped download is resumed within one run.
+const DOWNLOAD_RETRIES: usize = 3;
+
+/// Checks a file just downloaded into the Hub cache against its name: a large (LFS) file's
+/// blob is named by its sha256, which must be the sha256 of its bytes. hf-hub checks neither
+/// size nor hash: a server that closed the body early without saying how long it was, or
+/// sent other bytes, would otherwise leave a file in the cache that every later run takes
+/// for the model. On a mismatch the blob and its snapshot link
+/// are removed and `(got, expected)` returned. Files whose blob name is not a sha256 (small
+/// git files, never models) are not checked.
+fn verify_download(pointer: &Path) -> Result<(), (String, String)> {
+    let Ok(blob) = std::fs::canonicalize(pointer) else {
+        return Ok(());
+    };
+    let expected = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let got = match sha256_of(&blob) {
+        Ok(h) => h,
+        Err(e) => format!("unreadable: {e}"),
+    };
+    if got == expected {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(pointer);
+    let _ = std::fs::remove_file(&blob);
+    Err((got, expected))
+}
+
+/// The sha256 of a file's bytes, in lowercase hex.
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The Hub file in the local cache (`$HF_HOME/hub`), if it was downloaded before.
