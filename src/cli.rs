@@ -292,6 +292,18 @@ pub struct ModelArgs {
     /// CPU threads [default: the number of cores].
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Activations of prompt rows on the CPU: `f32`, or `int8` (rounded to 8 bits per block
+    /// of 32 as llama.cpp does; 1.3-1.6x faster prefill on 4-bit weights, answers may differ
+    /// from f32's where the model hesitates — README "Prefill precision").
+    #[arg(long, value_enum, default_value_t = PrefillArg::F32)]
+    pub prefill: PrefillArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrefillArg {
+    F32,
+    Int8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

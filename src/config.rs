@@ -29,6 +29,8 @@ pub struct ModelConfig {
     pub tokenizer: Option<PathBuf>,
     pub device: DeviceArg,
     pub threads: usize,
+    /// `--prefill int8`: 8-bit activations for prompt rows of 4-bit weights.
+    pub prefill_int8: bool,
 }
 
 /// The jobs of a run: which documents, which prompts, how each answer is generated.
@@ -182,6 +184,7 @@ pub fn model_config(args: &crate::cli::ModelArgs) -> Result<ModelConfig, ConfigE
         tokenizer: args.tokenizer.clone(),
         device: args.device,
         threads,
+        prefill_int8: args.prefill == crate::cli::PrefillArg::Int8,
     })
 }
 

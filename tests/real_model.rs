@@ -1,102 +1,11 @@
 //! The real default model: tokenizer ids and greedy output against llama.cpp's reference.
 
 mod common;
+mod real_model_support;
 
-use candle_core::Device;
-use docanalyze::engine::{Completion, Engine, EngineConfig, Flow, Job, StopReason};
-use docanalyze::model::{BatchRow, BatchStep, GgufFile, Model, SlotId};
-use docanalyze::prompt::{PromptBuilder, PromptTemplate, PromptVars};
-use docanalyze::sampler::SamplingParams;
-use docanalyze::tokenizer::Tokenizer;
-
-const EIFFEL: &str = "Summarize in one sentence: The Eiffel Tower is a wrought-iron lattice tower in Paris, built from 1887 to 1889 as the entrance arch for the 1889 World's Fair.";
-
-const EIFFEL_IDS: [u32; 79] = [
-    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
-    19712, 8182, 2, 198, 1, 4093, 198, 13764, 3298, 836, 281, 582, 6330, 42, 378, 414, 46682,
-    18669, 314, 253, 34554, 29, 1009, 27672, 11637, 281, 7042, 28, 2837, 429, 216, 33, 40, 40, 39,
-    288, 216, 33, 40, 40, 41, 347, 260, 11759, 2457, 327, 260, 216, 33, 40, 40, 41, 2260, 506,
-    11285, 30, 2, 198, 1, 520, 9531, 198,
-];
-
-/// llama.cpp's greedy continuation: "The Eiffel Tower is a masterpiece of engineering and
-/// architecture." then `<|im_end|>`.
-const EIFFEL_ANSWER: [u32; 13] = [
-    504, 414, 46682, 18669, 314, 253, 21720, 282, 4665, 284, 6277, 30, 2,
-];
-
-struct Loaded {
-    model: Model,
-    tokenizer: Tokenizer,
-    chat_template: Option<String>,
-}
-
-fn load() -> Loaded {
-    let mut gguf = GgufFile::open(&common::default_model()).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&gguf, None).unwrap();
-    let chat_template = gguf.string("tokenizer.chat_template").ok();
-    let model = Model::load(&mut gguf, &Device::Cpu).unwrap();
-    Loaded {
-        model,
-        tokenizer,
-        chat_template,
-    }
-}
-
-/// The document alone as the user message, in the model's chat template.
-fn raw_prompt_builder(l: &Loaded) -> PromptBuilder {
-    let raw = PromptTemplate::from_source("raw", "{{ document }}");
-    PromptBuilder::new(
-        &raw,
-        l.chat_template.as_deref(),
-        None,
-        PromptVars::default(),
-        &l.tokenizer,
-    )
-    .unwrap()
-}
-
-fn eiffel_prompt(l: &Loaded) -> Vec<u32> {
-    raw_prompt_builder(l)
-        .build(&l.tokenizer, "eiffel", EIFFEL, 4096, 64)
-        .unwrap()
-        .tokens
-}
-
-fn generate(l: &Loaded, prompts: &[Vec<u32>], sequences: usize) -> Vec<Completion> {
-    let mut engine = Engine::new(
-        &l.model,
-        EngineConfig {
-            sequences,
-            ctx: 512,
-            batch_size: 512,
-        },
-        l.tokenizer.end_of_generation_ids(),
-    )
-    .unwrap();
-    let mut jobs = prompts.iter().enumerate().map(|(index, p)| Job {
-        index,
-        key: index as u64,
-        prompt: p.clone(),
-        max_tokens: 40,
-        ignore_eos: false,
-        sampling: SamplingParams::default(),
-        labels: None,
-        json: None,
-    });
-    let mut done = Vec::new();
-    engine
-        .run(
-            || jobs.next(),
-            |c| {
-                done.push(c);
-                Flow::Continue
-            },
-        )
-        .unwrap();
-    done.sort_by_key(|c| c.index);
-    done
-}
+use docanalyze::engine::StopReason;
+use docanalyze::model::{BatchRow, BatchStep, SlotId};
+use real_model_support::*;
 
 #[test]
 fn chat_prompt_encodes_to_the_reference_ids() {

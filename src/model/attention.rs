@@ -123,8 +123,13 @@ impl PaddedRows {
 }
 
 impl AttentionPlan {
+    /// The first `decode_rows` rows of the step are decode rows; on the CPU only those go to
+    /// the decode kernel, and a prompt row alone in its block is a block of one (the two
+    /// kernels round differently, and a prompt token must be computed alike however its
+    /// prompt was cut into steps).
     pub fn new(
         segments: &[Segment],
+        decode_rows: usize,
         config: &ModelConfig,
         ctx: usize,
         device: &Device,
@@ -134,20 +139,20 @@ impl AttentionPlan {
         let window = config.sliding_window;
         let use_cpu = matches!(device, Device::Cpu) && !force_tensor;
         let mut tensor_blocks = Vec::new();
-        let mut decode_rows = Vec::new();
+        let mut decode_rows_of = Vec::new();
         let mut decode_index = Vec::new();
         let mut single_rows = Vec::new();
         for block in segments
             .iter()
             .flat_map(|s| split_blocks(s, ATTENTION_BLOCK))
         {
-            if use_cpu && block.len == 1 {
-                decode_rows.push(DecodeRow {
+            if use_cpu && block.len == 1 && block.start < decode_rows {
+                decode_rows_of.push(DecodeRow {
                     slot: block.slot,
                     position: block.first_position,
                 });
                 decode_index.push(block.start);
-            } else if block.len == 1 {
+            } else if block.len == 1 && !use_cpu {
                 single_rows.push((block.start, block));
             } else {
                 let masks = if use_cpu {
@@ -165,13 +170,13 @@ impl AttentionPlan {
             }
         }
         let rows = segments.iter().map(|s| s.len).sum();
-        let cpu = if decode_rows.is_empty() {
+        let cpu = if decode_rows_of.is_empty() {
             None
         } else {
             let index: Vec<u32> = decode_index.iter().map(|&i| i as u32).collect();
             let index = Tensor::new(index, device)?;
             let op = CpuAttention {
-                rows: decode_rows,
+                rows: decode_rows_of,
                 n_head: config.n_head,
                 n_kv_head: config.n_kv_head,
                 head_dim: config.head_dim,

@@ -11,8 +11,12 @@ use gemm::{gemm, Parallelism};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::attention::ATTENTION_BLOCK;
 use super::batch::Segment;
 use super::causal_softmax::softmax_row;
+
+/// Query rows of a product are padded to a multiple of this.
+const PAD_ROWS: usize = 16;
 
 /// What the blocks of one layer read.
 pub struct PromptInputs<'a> {
@@ -38,15 +42,24 @@ impl PromptInputs<'_> {
     pub fn block_head(&self, block: &Segment, head: usize, out: &mut [f32]) {
         let (kvh, hd) = (self.n_kv_head, self.head_dim);
         let group = self.n_head / kvh;
-        // Keys `lo..end` as columns `0..total`.
+        // Keys `lo..end` as columns `0..total`, the same for every row of the aligned block
+        // (of `ATTENTION_BLOCK` positions) the rows are in, however its rows were split into
+        // steps: the products' sums then round alike for a row in every batch (a gemm of
+        // other widths rounds some last bits differently, which 8-bit activations of the next
+        // layer can turn into a whole step). Keys past the block's own rows are masked.
         let first_key =
             |position: usize| self.window.map_or(0, |w| (position + 1).saturating_sub(w));
+        let aligned = block.first_position / ATTENTION_BLOCK * ATTENTION_BLOCK;
         let (lo, end) = (
-            first_key(block.first_position),
-            block.first_position + block.len,
+            first_key(aligned),
+            (aligned + ATTENTION_BLOCK).min(self.ctx),
         );
+        debug_assert!(block.first_position + block.len <= end);
         let (n, total) = (block.len, end - lo);
-        let m = n * group;
+        // Query rows padded with zero rows to a multiple of PAD_ROWS, for the same reason:
+        // the gemm takes other paths for the fewest rows.
+        let rows = n * group;
+        let m = rows.next_multiple_of(PAD_ROWS);
         // This head group's queries, row by row.
         let width = self.n_head * hd;
         let mut q = Vec::with_capacity(m * hd);
@@ -54,11 +67,14 @@ impl PromptInputs<'_> {
             let row = &self.q[(block.start + i) * width..][..width];
             q.extend_from_slice(&row[head * group * hd..][..group * hd]);
         }
-        // The head's keys and values of the slot's prefix, as f32.
+        q.resize(m * hd, 0.0);
+        // The head's keys and values of the slot's prefix, as f32; zeros past the block's
+        // rows (whatever the cache holds there, from an earlier sequence, is never read).
         let first = block.slot.0 * self.ctx + lo;
+        let written = block.first_position + block.len - lo;
         let of_head = |cache: &[f16]| {
             let mut out = vec![0f32; total * hd];
-            for (p, row) in out.chunks_exact_mut(hd).enumerate() {
+            for (p, row) in out.chunks_exact_mut(hd).take(written).enumerate() {
                 cache[((first + p) * kvh + head) * hd..][..hd].convert_to_f32_slice(row);
             }
             out
@@ -78,17 +94,27 @@ impl PromptInputs<'_> {
             )
         };
         for (r, row) in scores.chunks_exact_mut(total).enumerate() {
+            if r >= rows {
+                row.fill(0.0); // a padding row
+                continue;
+            }
             let position = block.first_position + r / group;
             let (hidden, seen) = row.split_at_mut(first_key(position) - lo);
             hidden.fill(0.0);
             softmax_row(seen, position + 1 - lo - hidden.len(), self.scale);
         }
-        assert_eq!(out.len(), m * hd, "prompt attention: output of {m} rows");
-        // SAFETY: out is m × hd, scores m × total, v total × hd, all row-major.
+        assert_eq!(
+            out.len(),
+            rows * hd,
+            "prompt attention: output of {rows} rows"
+        );
+        let mut padded = vec![0f32; m * hd];
+        // SAFETY: padded is m × hd, scores m × total, v total × hd, all row-major.
         unsafe {
             let (rs, hd_rs) = (total as isize, hd as isize);
-            product(m, hd, total, out, (&scores, rs, 1), (&v, hd_rs, 1));
+            product(m, hd, total, &mut padded, (&scores, rs, 1), (&v, hd_rs, 1));
         }
+        out.copy_from_slice(&padded[..rows * hd]);
     }
 }
 

@@ -155,11 +155,19 @@ impl Model {
         let rotations = (self.rotary.iter())
             .map(|t| t.at(&positions))
             .collect::<candle_core::Result<_>>()?;
-        let attention = AttentionPlan::new(&segments, c, cache.ctx(), dev, self.tensor_attention)?;
+        let decode_rows = step.decode_rows();
+        let attention = AttentionPlan::new(
+            &segments,
+            decode_rows,
+            c,
+            cache.ctx(),
+            dev,
+            self.tensor_attention,
+        )?;
         let pass = Step {
             config: c,
             rows: n,
-            decode_rows: step.decode_rows(),
+            decode_rows,
             cache,
             cache_index,
             rotations,

@@ -25,13 +25,21 @@ mod blocks;
 mod decode;
 mod gemm;
 mod groups;
+#[cfg(target_arch = "x86_64")]
+mod prompt8;
 
 #[cfg(target_arch = "x86_64")]
 use decode::Rows16;
+#[cfg(target_arch = "x86_64")]
+use prompt8::Rows8;
 /// (decode rows are never quantized without AVX2)
 #[cfg(not(target_arch = "x86_64"))]
 enum Rows16 {}
+/// (nor prompt rows)
+#[cfg(not(target_arch = "x86_64"))]
+enum Rows8 {}
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -94,6 +102,22 @@ macro_rules! with_groups {
             Packed::Q6K($g) => $body,
         }
     };
+}
+
+/// Prompt rows of 4-bit weights with 8-bit activations ([`prompt8`]), instead of f32.
+static INT8_PROMPTS: AtomicBool = AtomicBool::new(false);
+
+/// `--prefill int8`: multiplies prompt rows of Q4_0, Q4_1 and Q4_K weights with 8-bit
+/// activations, as llama.cpp does (faster, not bit-identical to the f32 path); also switched
+/// on by `DOCANALYZE_PREFILL=int8` (examples, benchmarks).
+pub fn set_int8_prompts(on: bool) {
+    INT8_PROMPTS.store(on, Ordering::Relaxed);
+}
+
+pub fn int8_prompts() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    INT8_PROMPTS.load(Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| std::env::var("DOCANALYZE_PREFILL").is_ok_and(|v| v == "int8"))
 }
 
 /// The GGUF weight types the kernel holds.
@@ -207,16 +231,79 @@ impl CpuQMatMul {
     /// Output columns `range` (`o0..o1`) for every activation row, written to `y` (row stride
     /// `stride`, this matrix's columns starting at `y`); the first `decode_rows` rows of `x`
     /// are decode rows (also given quantized as `x16` with AVX2), the rest prompt rows.
+    #[allow(clippy::too_many_arguments)]
     fn run_range(
         &self,
         x: &[f32],
         x16: Option<&Rows16>,
+        x8: Option<&Rows8>,
         decode_rows: usize,
         y: SharedOut,
         stride: usize,
         range: (usize, usize),
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(x8) = x8 {
+            match &*self.packed {
+                Packed::Q4(w) => {
+                    return self.run_int8(w, x, x16, x8, decode_rows, y, stride, range)
+                }
+                Packed::Q4K(w) => {
+                    return self.run_int8(w, x, x16, x8, decode_rows, y, stride, range)
+                }
+                _ => {}
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = x8;
         with_groups!(&*self.packed, w => self.run_rows(w, x, x16, decode_rows, y, stride, range))
+    }
+
+    /// Whether its prompt rows can take 8-bit activations ([`prompt8`]).
+    fn takes_int8(&self) -> bool {
+        matches!(&*self.packed, Packed::Q4(_) | Packed::Q4K(_))
+    }
+
+    /// [`Self::run_range`] with the prompt rows (quantized as `x8`) through [`prompt8`].
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_int8<S: avx2::Avx2Scales>(
+        &self,
+        w: &[Nibbles8<S>],
+        x: &[f32],
+        x16: Option<&Rows16>,
+        x8: &Rows8,
+        decode_rows: usize,
+        y: SharedOut,
+        stride: usize,
+        (o0, o1): (usize, usize),
+    ) {
+        let decode = &x[..decode_rows * self.in_features];
+        self.run_typed(w, decode, x16, y, stride, o0, o1);
+        // SAFETY: the prompt rows' outputs start `decode_rows` rows into y.
+        let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
+        let rows = x8.len();
+        for_each_tile(
+            w,
+            self.in_features,
+            rows,
+            (o0, o1),
+            y_prompt,
+            stride,
+            |groups, r0, t, out| {
+                macro_rules! tiles {
+                ($($n:literal)*) => {
+                    match t {
+                        // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds
+                        // rows r0..r0 + t.
+                        $($n => unsafe { prompt8::tile::<S, $n>(groups, x8, r0, out) },)*
+                        _ => unreachable!("tile of {t} rows"),
+                    }
+                };
+            }
+                tiles!(1 2 3 4);
+            },
+        );
     }
 
     /// [`Self::run_range`] for weight groups of type `G`: decode rows through the register
@@ -251,35 +338,51 @@ impl CpuQMatMul {
         o1: usize,
     ) {
         let cols = self.in_features;
-        let nb = cols / QK;
         let rows = x.len() / cols;
-        let mut scratch = [0f32; W_CHUNK * MAX_TILE];
-        debug_assert!(o0.is_multiple_of(ROWS));
-        // Weight rows in L1-sized chunks, every tile of activation rows streaming past them.
-        let mut c0 = o0;
-        while c0 < o1 {
-            let c1 = (c0 + W_CHUNK).min(o1);
-            let groups = &w[c0 / ROWS * nb..c1.div_ceil(ROWS) * nb];
-            let mut r0 = 0;
-            while r0 < rows {
-                let t = (rows - r0).min(MAX_TILE);
-                let scratch = &mut scratch[..groups.len() / nb * t * ROWS];
-                let rows = &x[r0 * cols..(r0 + t) * cols];
-                compute_tile(groups, cols, rows, x16.map(|x16| (x16, r0)), scratch);
-                // scratch[(g * t + i) * 8 + j]: output column c0 + 8g + j of row r0 + i.
-                for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
-                    for (i, vals) in vals.chunks_exact(ROWS).enumerate() {
-                        let o = c0 + gi * ROWS;
-                        for (j, v) in vals[..(c1 - o).min(ROWS)].iter().enumerate() {
-                            // SAFETY: in bounds; tasks write disjoint output columns.
-                            unsafe { *y.at((r0 + i) * stride + o + j) = *v };
-                        }
+        for_each_tile(w, cols, rows, (o0, o1), y, stride, |groups, r0, t, out| {
+            let x = &x[r0 * cols..(r0 + t) * cols];
+            compute_tile(groups, cols, x, x16.map(|x16| (x16, r0)), out);
+        });
+    }
+}
+
+/// Output columns `o0..o1` of `rows` activation rows into `y` (row stride `stride`): weight
+/// rows in L1-sized chunks, every tile of up to [`MAX_TILE`] activation rows streaming past
+/// them; `tile(groups, r0, t, out)` computes rows `r0..r0 + t` against `groups` into `out`,
+/// `out[(g * t + i) * 8 + j]` being output column `8g + j` (of the chunk) of row `r0 + i`.
+fn for_each_tile<G: Group>(
+    w: &[G],
+    cols: usize,
+    rows: usize,
+    (o0, o1): (usize, usize),
+    y: SharedOut,
+    stride: usize,
+    mut tile: impl FnMut(&[G], usize, usize, &mut [f32]),
+) {
+    let nb = cols / QK;
+    let mut scratch = [0f32; W_CHUNK * MAX_TILE];
+    debug_assert!(o0.is_multiple_of(ROWS));
+    let mut c0 = o0;
+    while c0 < o1 {
+        let c1 = (c0 + W_CHUNK).min(o1);
+        let groups = &w[c0 / ROWS * nb..c1.div_ceil(ROWS) * nb];
+        let mut r0 = 0;
+        while r0 < rows {
+            let t = (rows - r0).min(MAX_TILE);
+            let scratch = &mut scratch[..groups.len() / nb * t * ROWS];
+            tile(groups, r0, t, scratch);
+            for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
+                for (i, vals) in vals.chunks_exact(ROWS).enumerate() {
+                    let o = c0 + gi * ROWS;
+                    for (j, v) in vals[..(c1 - o).min(ROWS)].iter().enumerate() {
+                        // SAFETY: in bounds; tasks write disjoint output columns.
+                        unsafe { *y.at((r0 + i) * stride + o + j) = *v };
                     }
                 }
-                r0 += t;
             }
-            c0 = c1;
+            r0 += t;
         }
+        c0 = c1;
     }
 }
 
@@ -288,6 +391,11 @@ impl CpuQMatMul {
 /// matrices' outputs side by side; each value is computed exactly as by
 /// [`CpuQMatMul::matmul`]. The first `decode_rows` rows of `x` are decode rows.
 pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<f32> {
+    matmul_group_with(mats, x, decode_rows, int8_prompts())
+}
+
+/// [`matmul_group`], prompt rows of 4-bit weights with 8-bit activations if `int8`.
+fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: bool) -> Vec<f32> {
     let cols = mats.first().map_or(1, |m| m.in_features);
     debug_assert!(mats.iter().all(|m| m.in_features == cols));
     let rows = x.len() / cols;
@@ -320,8 +428,18 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<
         .collect();
     let decode_rows = decode_rows.min(rows);
     let x16 = quantize_decode_rows(&x[..decode_rows * cols], cols);
+    let x8 = quantize_prompt_rows(mats, &x[decode_rows * cols..], cols, int8);
     let run = |&(m, o0, o1): &(usize, usize, usize)| {
-        mats[m].run_range(x, x16.as_ref(), decode_rows, ptrs[m], total_out, (o0, o1))
+        let x8 = x8.as_ref().filter(|_| mats[m].takes_int8());
+        mats[m].run_range(
+            x,
+            x16.as_ref(),
+            x8,
+            decode_rows,
+            ptrs[m],
+            total_out,
+            (o0, o1),
+        )
     };
     // Below this many multiply-adds, waking the pool costs more than it saves.
     if rows * cols * total_out < PARALLEL_MIN_MACS {
@@ -330,6 +448,17 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<
         super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
     y
+}
+
+/// The prompt rows for [`prompt8::tile`], with `--prefill int8`, AVX2 and 4-bit weights.
+fn quantize_prompt_rows(mats: &[&CpuQMatMul], x: &[f32], cols: usize, int8: bool) -> Option<Rows8> {
+    #[cfg(target_arch = "x86_64")]
+    if !x.is_empty() && int8 && avx2::available() && mats.iter().any(|m| m.takes_int8()) {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return Some(unsafe { Rows8::quantize(x, cols) });
+    }
+    let _ = (mats, x, cols, int8);
+    None
 }
 
 /// The decode rows for [`decode::tile`], when there are some and the CPU has AVX2.

@@ -1,0 +1,260 @@
+//! Prompt rows with 8-bit activations (`--prefill int8`), for 4-bit weights (Q4_0, Q4_1,
+//! Q4_K): `vpmaddubsw` multiplies 32 unsigned 4-bit weights by 32 signed 8-bit activations
+//! and adds them in pairs, and the 16-bit pair sums of a whole block stay exact (at most
+//! 8 · 2 · 15 · 127 = 30,480), so a block of 8 rows costs 8 of them and one `vpmaddwd` to
+//! widen — about twice the multiply-adds per instruction of the 16-bit decode kernel and
+//! four times f32 FMA. llama.cpp's CPU kernels round activations to 8 bits the same way.
+//!
+//! The weights stay in their [`Nibbles8`] groups: masking a load's low nibbles gives, in the
+//! 32-bit lane of row `j`, that row's weights `8l + [0, 4, 1, 5]`, the high nibbles weights
+//! `8l + [2, 6, 3, 7]`; the activations are stored in that order ([`PERMUTATION`]) so each
+//! product is one broadcast of four bytes. A row's result depends only on its own values, so
+//! it is the same in every batch.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::avx2::Avx2Scales;
+use super::blocks::QK;
+use super::groups::Nibbles8;
+
+/// Largest 8-bit activation: `x ≈ d · q` with `|q| <= Q_MAX`.
+const Q_MAX: f32 = 127.0;
+
+/// Where each stored activation of a block comes from: positions `8l..8l + 8` hold
+/// activations `8l + [0, 4, 1, 5, 2, 6, 3, 7]`.
+#[cfg(test)]
+const PERMUTATION: [usize; QK] = {
+    let mut p = [0; QK];
+    let order = [0, 4, 1, 5, 2, 6, 3, 7];
+    let mut i = 0;
+    while i < QK {
+        p[i] = (i / 8) * 8 + order[i % 8];
+        i += 1;
+    }
+    p
+};
+
+/// Rows of activations quantized to 8 bits per block of 32, in [`PERMUTATION`] order.
+pub struct Rows8 {
+    cols: usize,
+    q: Vec<i8>,
+    /// One scale per block.
+    d: Vec<f32>,
+    /// The exact f32 sum of each block's activations, for the weights' offsets.
+    sum: Vec<f32>,
+}
+
+impl Rows8 {
+    /// Quantizes `x`, rows of `cols` activations (`cols` a multiple of 32), rounding to
+    /// nearest, ties to even.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize(x: &[f32], cols: usize) -> Self {
+        debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
+        let blocks = x.len() / QK;
+        let mut rows = Self {
+            cols,
+            q: vec![0; x.len()],
+            d: vec![0.0; blocks],
+            sum: vec![0.0; blocks],
+        };
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        // After the packs, 32-bit chunk c holds activations 4·[0, 8, 16, 24, 1, 9, 17, 25][c]..:
+        // gather the chunks in order, then interleave each 8's halves ([`PERMUTATION`]).
+        let chunks = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let halves = _mm256_setr_epi8(
+            0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, 0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9,
+            13, 10, 14, 11, 15,
+        );
+        for b in 0..blocks {
+            let p = x.as_ptr().add(b * QK);
+            let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+            let amax = v
+                .iter()
+                .map(|&v| _mm256_and_ps(v, abs_mask))
+                .reduce(|a, b| _mm256_max_ps(a, b))
+                .unwrap_or_else(|| _mm256_setzero_ps());
+            let amax = super::decode::hmax(amax);
+            let inv = _mm256_set1_ps(if amax > 0.0 { Q_MAX / amax } else { 0.0 });
+            let [a, b2, c, d] = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b2), _mm256_packs_epi32(c, d));
+            let ordered = _mm256_permutevar8x32_epi32(packed, chunks);
+            let q = _mm256_shuffle_epi8(ordered, halves);
+            _mm256_storeu_si256(rows.q.as_mut_ptr().add(b * QK) as *mut __m256i, q);
+            rows.d[b] = amax / Q_MAX;
+            rows.sum[b] = super::avx2::hsum(_mm256_add_ps(
+                _mm256_add_ps(v[0], v[1]),
+                _mm256_add_ps(v[2], v[3]),
+            ));
+        }
+        rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len() / self.cols
+    }
+}
+
+/// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
+/// `groups` (each `cols / 32` groups), for `T` rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `x` holds rows `r0..r0 + T`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile<S: Avx2Scales, const T: usize>(
+    groups: &[Nibbles8<S>],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
+    let cols = x.cols;
+    let nb = cols / QK;
+    debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(nb));
+    debug_assert!(out.len() >= groups.len() / nb * T * 8);
+    let q = x.q.as_ptr().add(r0 * cols);
+    let d = x.d.as_ptr().add(r0 * nb);
+    let sum = x.sum.as_ptr().add(r0 * nb);
+    let nibble = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    for (g, row) in groups.chunks_exact(nb).enumerate() {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, group) in row.iter().enumerate() {
+            let mut pairs = [_mm256_setzero_si256(); T];
+            for l in 0..4 {
+                let v = _mm256_load_si256(group.qs.as_ptr().add(32 * l) as *const __m256i);
+                let lo = _mm256_and_si256(v, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+                for (t, pairs) in pairs.iter_mut().enumerate() {
+                    let a = q.add(t * cols + b * QK + 8 * l) as *const i32;
+                    let a_lo = _mm256_set1_epi32(a.read_unaligned());
+                    let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
+                    *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
+                    *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
+                }
+            }
+            let (dw, m) = (group.scales.d(), group.scales.m());
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs[t], ones));
+                let da = _mm256_set1_ps(*d.add(t * nb + b));
+                *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
+                *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(*sum.add(t * nb + b)), *acc);
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add((g * T + t) * 8), *acc);
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::model::cpu_matmul::{matmul_group_with, CpuQMatMul};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Prompt rows through the 8-bit kernel equal, within f32 rounding, the f64 products of
+    /// the dequantized weights and the 8-bit activations (`d · q`): the integer sums are
+    /// exact. Decode rows before them are untouched, and a row alone gives the same bits.
+    #[test]
+    fn prompt_rows_are_the_products_of_the_rounded_activations() {
+        if !super::super::avx2::available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K] {
+            let (out, inp, rows) = (40, 512, 7);
+            let w = Tensor::from_vec(random(out * inp, 3), (out, inp), &dev).unwrap();
+            let qt = QTensor::quantize(&w, dtype).unwrap();
+            let k = CpuQMatMul::from_qtensor(&qt).unwrap().unwrap();
+            let wd: Vec<f32> = qt
+                .dequantize(&dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let x = random(rows * inp, 4);
+            let decode_rows = 2;
+            let y = matmul_group_with(&[&k], &x, decode_rows, true);
+            let f32_path = matmul_group_with(&[&k], &x, decode_rows, false);
+            assert_eq!(
+                y[..decode_rows * out],
+                f32_path[..decode_rows * out],
+                "{dtype:?}"
+            );
+            // SAFETY: AVX2 and FMA were detected.
+            let x8 = unsafe { Rows8::quantize(&x[decode_rows * inp..], inp) };
+            for r in 0..rows - decode_rows {
+                let xr: Vec<f64> = (0..inp)
+                    .map(|i| {
+                        let (b, k) = (i / QK, i % QK);
+                        let at = PERMUTATION.iter().position(|&p| p == k).unwrap();
+                        x8.d[r * inp / QK + b] as f64 * x8.q[r * inp + b * QK + at] as f64
+                    })
+                    .collect();
+                // The offsets multiply the exact f32 sums: add back what rounding took away.
+                let exact: Vec<f64> = x[(decode_rows + r) * inp..][..inp]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                for o in 0..out {
+                    let row = &wd[o * inp..(o + 1) * inp];
+                    let got = y[(decode_rows + r) * out + o] as f64;
+                    let quantized: f64 = row.iter().zip(&xr).map(|(&w, &x)| w as f64 * x).sum();
+                    let full: f64 = row.iter().zip(&exact).map(|(&w, &x)| w as f64 * x).sum();
+                    // Between the two: the scale part uses the 8-bit values, the offset part
+                    // the exact sums; the result stays within 8-bit rounding of the f32 one.
+                    let scale: f64 = row.iter().map(|w| w.abs() as f64).sum::<f64>() / 127.0;
+                    assert!(
+                        (got - quantized).abs() <= scale,
+                        "{dtype:?} row {r} col {o}: {got} vs {quantized}"
+                    );
+                    assert!(
+                        (got - full).abs() <= scale,
+                        "{dtype:?} row {r} col {o}: {got} vs {full}"
+                    );
+                }
+                let alone = matmul_group_with(&[&k], &x[(decode_rows + r) * inp..][..inp], 0, true);
+                assert_eq!(
+                    alone,
+                    y[(decode_rows + r) * out..][..out],
+                    "{dtype:?} row {r} alone"
+                );
+            }
+        }
+    }
+
+    /// The vector quantization stores each block's activations in [`PERMUTATION`] order,
+    /// rounded to nearest.
+    #[test]
+    fn quantized_rows_hold_the_permuted_activations() {
+        if !super::super::avx2::available() {
+            return;
+        }
+        let x: Vec<f32> = (0..2 * 64)
+            .map(|i| ((i * 37 % 61) as f32 - 30.0) / 7.0)
+            .collect();
+        // SAFETY: AVX2 and FMA were detected.
+        let rows = unsafe { Rows8::quantize(&x, 64) };
+        for (b, block) in x.chunks_exact(QK).enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(rows.d[b], amax / Q_MAX);
+            for (i, &src) in PERMUTATION.iter().enumerate() {
+                let want = (block[src] * (Q_MAX / amax)).round() as i8;
+                assert_eq!(rows.q[b * QK + i], want, "block {b} position {i}");
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `--prefill int8`: prompt rows of 4-bit weights multiplied with 8-bit activations. Every test
+//! of this file runs with it on (the switch is process-wide). The default model still gives
+//! llama.cpp's answer to the Eiffel prompt, and answers stay the same whatever K and however
+//! the prompts are cut into steps — in-process and through the binary.
+
+mod cli_support;
+mod common;
+mod real_model_support;
+
+use docanalyze::engine::{Engine, EngineConfig, Flow, Job, StopReason};
+use docanalyze::sampler::SamplingParams;
+use real_model_support::{eiffel_prompt, generate, load, Loaded, EIFFEL_ANSWER};
+
+fn int8() -> Loaded {
+    docanalyze::model::set_int8_prompts(true);
+    load()
+}
+
+#[test]
+fn greedy_decoding_still_gives_the_reference_answer() {
+    let l = int8();
+    let done = generate(&l, &[eiffel_prompt(&l)], 1);
+    assert_eq!(done[0].stop_reason, StopReason::Eos);
+    let mut tokens = done[0].tokens.clone();
+    tokens.push(2); // the <|im_end|> that stopped it
+    assert_eq!(tokens, EIFFEL_ANSWER);
+}
+
+/// Greedy tokens of several long prompts with 1 and 4 sequences and prompt steps of 512, 37
+/// and 7 rows: all the same.
+#[test]
+fn answers_do_not_depend_on_k_or_prompt_steps() {
+    let l = int8();
+    let text = include_str!("../sample-data/docs/moby-dick-chapter-001.txt");
+    let ids = l.tokenizer.encode(text).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..5)
+        .map(|i| ids[i * 50..i * 50 + 150 + 40 * i].to_vec())
+        .collect();
+    let run = |sequences, batch_size| {
+        let mut engine = Engine::new(
+            &l.model,
+            EngineConfig {
+                sequences,
+                ctx: 512,
+                batch_size,
+            },
+            l.tokenizer.end_of_generation_ids(),
+        )
+        .unwrap();
+        let mut jobs = prompts.iter().enumerate().map(|(index, p)| Job {
+            index,
+            key: index as u64,
+            prompt: p.clone(),
+            max_tokens: 24,
+            ignore_eos: true,
+            sampling: SamplingParams::default(),
+            labels: None,
+            json: None,
+        });
+        let mut done = Vec::new();
+        engine
+            .run(
+                || jobs.next(),
+                |c| {
+                    done.push(c);
+                    Flow::Continue
+                },
+            )
+            .unwrap();
+        done.sort_by_key(|c| c.index);
+        done.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
+    };
+    let want = run(1, 512);
+    for (k, batch) in [(4, 512), (4, 37), (3, 7), (1, 37)] {
+        assert_eq!(run(k, batch), want, "K={k} batch {batch}");
+    }
+}
+
+/// Through the binary: `--prefill int8` with 8 sequences writes the records `--sequential`
+/// writes.
+#[test]
+fn the_binary_gives_the_same_records_at_every_k() {
+    let ws = cli_support::Workspace::new();
+    let docs = ws.docs("docs", 6);
+    let records = |k: &[&str]| -> Vec<String> {
+        let out = cli_support::docanalyze()
+            .env("DOCANALYZE_MODEL", common::default_model())
+            .args(["run", "--prefill", "int8", "--max-tokens", "24", "-q"])
+            .args(k)
+            .arg(&docs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", cli_support::stderr_of(&out));
+        let mut lines: Vec<String> = cli_support::stdout_of(&out)
+            .lines()
+            .map(|l| {
+                let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r.as_object_mut().unwrap().remove("latency_ms");
+                r.to_string()
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(records(&["--sequences", "8"]), records(&["--sequential"]));
+}
