@@ -293,17 +293,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Activations of prompt rows on the CPU: `f32`, or `int8` (rounded to 8 bits per block
-    /// of 32 as llama.cpp does; 1.3-1.6x faster prefill on 4-bit weights, answers may differ
-    /// from f32's where the model hesitates — README "Prefill precision").
-    #[arg(long, value_enum, default_value_t = PrefillArg::F32)]
-    pub prefill: PrefillArg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PrefillArg {
-    F32,
-    Int8,
+    /// Multiply 4-bit weights (Q4_0, Q4_1, Q4_K) with activations rounded to 8 bits, as
+    /// llama.cpp does: faster prefill and batched decode on the CPU, but answers may differ
+    /// from the default's where the model hesitates (README "8-bit activations").
+    #[arg(long)]
+    pub int8: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -29,8 +29,8 @@ pub struct ModelConfig {
     pub tokenizer: Option<PathBuf>,
     pub device: DeviceArg,
     pub threads: usize,
-    /// `--prefill int8`: 8-bit activations for prompt rows of 4-bit weights.
-    pub prefill_int8: bool,
+    /// `--int8`: 8-bit activations for 4-bit weights.
+    pub int8: bool,
 }
 
 /// The jobs of a run: which documents, which prompts, how each answer is generated.
@@ -184,7 +184,7 @@ pub fn model_config(args: &crate::cli::ModelArgs) -> Result<ModelConfig, ConfigE
         tokenizer: args.tokenizer.clone(),
         device: args.device,
         threads,
-        prefill_int8: args.prefill == crate::cli::PrefillArg::Int8,
+        int8: args.int8,
     })
 }
 

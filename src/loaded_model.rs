@@ -27,7 +27,7 @@ impl LoadedModel {
     /// nobody foresaw (it is caught, and printed nowhere else).
     pub fn load(choice: &ModelChoice) -> anyhow::Result<Self> {
         let started = Instant::now();
-        crate::model::set_int8_prompts(choice.prefill_int8);
+        crate::model::set_int8_activations(choice.int8);
         let path = choice.model.resolve()?;
         let device = select_device(choice.device)?;
         let (model, tokenizer, chat_template) = catch_quietly(|| -> anyhow::Result<_> {

@@ -157,7 +157,7 @@ fn load_error(bytes: &[u8]) -> Option<String> {
         tokenizer: None,
         device: DeviceArg::Cpu,
         threads: 1,
-        prefill_int8: false,
+        int8: false,
     };
     let error = LoadedModel::load(&choice).err()?;
     let message = format!("{error:#}");

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 pub use batch::{BatchRow, BatchStep, SlotId};
 pub use config::ModelConfig;
-pub use cpu_matmul::set_int8_prompts;
+pub use cpu_matmul::set_int8_activations;
 pub use gguf::GgufFile;
 pub use kv_cache::SlotKvCache;
 pub use linear::{cpu_matmul_path, Linear};

@@ -1,5 +1,5 @@
 //! The real default model loaded in-process, the Eiffel prompt and llama.cpp's answer to it:
-//! shared by `real_model.rs` and `prefill_int8.rs`.
+//! shared by `real_model.rs` and `int8_activations.rs`.
 #![allow(dead_code)]
 
 use candle_core::Device;

@@ -104,20 +104,21 @@ macro_rules! with_groups {
     };
 }
 
-/// Prompt rows of 4-bit weights with 8-bit activations ([`prompt8`]), instead of f32.
-static INT8_PROMPTS: AtomicBool = AtomicBool::new(false);
+/// Rows of 4-bit weights with 8-bit activations ([`prompt8`]), instead of f32 (prompt rows)
+/// and 16-bit (decode rows).
+static INT8_ACTIVATIONS: AtomicBool = AtomicBool::new(false);
 
-/// `--prefill int8`: multiplies prompt rows of Q4_0, Q4_1 and Q4_K weights with 8-bit
-/// activations, as llama.cpp does (faster, not bit-identical to the f32 path); also switched
-/// on by `DOCANALYZE_PREFILL=int8` (examples, benchmarks).
-pub fn set_int8_prompts(on: bool) {
-    INT8_PROMPTS.store(on, Ordering::Relaxed);
+/// `--int8`: multiplies every row (prompt and decode) of Q4_0, Q4_1 and Q4_K weights with
+/// 8-bit activations, as llama.cpp does (faster, not bit-identical to the default); also
+/// switched on by `DOCANALYZE_INT8=1` (examples, benchmarks).
+pub fn set_int8_activations(on: bool) {
+    INT8_ACTIVATIONS.store(on, Ordering::Relaxed);
 }
 
-pub fn int8_prompts() -> bool {
+pub fn int8_activations() -> bool {
     static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    INT8_PROMPTS.load(Ordering::Relaxed)
-        || *FROM_ENV.get_or_init(|| std::env::var("DOCANALYZE_PREFILL").is_ok_and(|v| v == "int8"))
+    INT8_ACTIVATIONS.load(Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| std::env::var("DOCANALYZE_INT8").is_ok_and(|v| v == "1"))
 }
 
 /// The GGUF weight types the kernel holds.
@@ -245,12 +246,8 @@ impl CpuQMatMul {
         #[cfg(target_arch = "x86_64")]
         if let Some(x8) = x8 {
             match &*self.packed {
-                Packed::Q4(w) => {
-                    return self.run_int8(w, x, x16, x8, decode_rows, y, stride, range)
-                }
-                Packed::Q4K(w) => {
-                    return self.run_int8(w, x, x16, x8, decode_rows, y, stride, range)
-                }
+                Packed::Q4(w) => return self.run_int8(w, x8, y, stride, range),
+                Packed::Q4K(w) => return self.run_int8(w, x8, y, stride, range),
                 _ => {}
             }
         }
@@ -259,39 +256,23 @@ impl CpuQMatMul {
         with_groups!(&*self.packed, w => self.run_rows(w, x, x16, decode_rows, y, stride, range))
     }
 
-    /// Whether its prompt rows can take 8-bit activations ([`prompt8`]).
+    /// Whether its rows can take 8-bit activations ([`prompt8`]).
     fn takes_int8(&self) -> bool {
         matches!(&*self.packed, Packed::Q4(_) | Packed::Q4K(_))
     }
 
-    /// [`Self::run_range`] with the prompt rows (quantized as `x8`) through [`prompt8`].
+    /// [`Self::run_range`] with every row (quantized as `x8`) through [`prompt8`].
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
     fn run_int8<S: avx2::Avx2Scales>(
         &self,
         w: &[Nibbles8<S>],
-        x: &[f32],
-        x16: Option<&Rows16>,
         x8: &Rows8,
-        decode_rows: usize,
         y: SharedOut,
         stride: usize,
-        (o0, o1): (usize, usize),
+        range: (usize, usize),
     ) {
-        let decode = &x[..decode_rows * self.in_features];
-        self.run_typed(w, decode, x16, y, stride, o0, o1);
-        // SAFETY: the prompt rows' outputs start `decode_rows` rows into y.
-        let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
-        let rows = x8.len();
-        for_each_tile(
-            w,
-            self.in_features,
-            rows,
-            (o0, o1),
-            y_prompt,
-            stride,
-            |groups, r0, t, out| {
-                macro_rules! tiles {
+        let tile = |groups: &[Nibbles8<S>], r0: usize, t: usize, out: &mut [f32]| {
+            macro_rules! tiles {
                 ($($n:literal)*) => {
                     match t {
                         // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds
@@ -301,9 +282,9 @@ impl CpuQMatMul {
                     }
                 };
             }
-                tiles!(1 2 3 4);
-            },
-        );
+            tiles!(1 2 3 4);
+        };
+        for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
     }
 
     /// [`Self::run_range`] for weight groups of type `G`: decode rows through the register
@@ -391,7 +372,7 @@ fn for_each_tile<G: Group>(
 /// matrices' outputs side by side; each value is computed exactly as by
 /// [`CpuQMatMul::matmul`]. The first `decode_rows` rows of `x` are decode rows.
 pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<f32> {
-    matmul_group_with(mats, x, decode_rows, int8_prompts())
+    matmul_group_with(mats, x, decode_rows, int8_activations())
 }
 
 /// [`matmul_group`], prompt rows of 4-bit weights with 8-bit activations if `int8`.
@@ -428,7 +409,7 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
         .collect();
     let decode_rows = decode_rows.min(rows);
     let x16 = quantize_decode_rows(&x[..decode_rows * cols], cols);
-    let x8 = quantize_prompt_rows(mats, &x[decode_rows * cols..], cols, int8);
+    let x8 = quantize_int8_rows(mats, x, cols, int8);
     let run = |&(m, o0, o1): &(usize, usize, usize)| {
         let x8 = x8.as_ref().filter(|_| mats[m].takes_int8());
         mats[m].run_range(
@@ -450,8 +431,8 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
     y
 }
 
-/// The prompt rows for [`prompt8::tile`], with `--prefill int8`, AVX2 and 4-bit weights.
-fn quantize_prompt_rows(mats: &[&CpuQMatMul], x: &[f32], cols: usize, int8: bool) -> Option<Rows8> {
+/// Every row for [`prompt8::tile`], with `--int8`, AVX2 and 4-bit weights.
+fn quantize_int8_rows(mats: &[&CpuQMatMul], x: &[f32], cols: usize, int8: bool) -> Option<Rows8> {
     #[cfg(target_arch = "x86_64")]
     if !x.is_empty() && int8 && avx2::available() && mats.iter().any(|m| m.takes_int8()) {
         // SAFETY: AVX2 and FMA were detected at run time.

@@ -1,7 +1,7 @@
-//! `--prefill int8`: prompt rows of 4-bit weights multiplied with 8-bit activations. Every test
-//! of this file runs with it on (the switch is process-wide). The default model still gives
-//! llama.cpp's answer to the Eiffel prompt, and answers stay the same whatever K and however
-//! the prompts are cut into steps — in-process and through the binary.
+//! `--int8`: rows of 4-bit weights (prompt and decode rows) multiplied with 8-bit activations.
+//! Every test of this file runs with it on (the switch is process-wide). The default model
+//! still gives llama.cpp's answer to the Eiffel prompt, and answers stay the same whatever K
+//! and however the prompts are cut into steps — in-process and through the binary.
 
 mod cli_support;
 mod common;
@@ -12,18 +12,24 @@ use docanalyze::sampler::SamplingParams;
 use real_model_support::{eiffel_prompt, generate, load, Loaded, EIFFEL_ANSWER};
 
 fn int8() -> Loaded {
-    docanalyze::model::set_int8_prompts(true);
+    docanalyze::model::set_int8_activations(true);
     load()
 }
 
+/// llama.cpp's answer to the Eiffel prompt, up to its closest call: the "." after
+/// "architecture" leads "," by 0.03 logits in the default arithmetic; with 8-bit activations
+/// "," wins and the sentence goes on ("…, built to celebrate the 1889 World's Fair in Paris.").
 #[test]
-fn greedy_decoding_still_gives_the_reference_answer() {
+fn greedy_decoding_follows_the_reference_answer_to_its_near_tie() {
     let l = int8();
     let done = generate(&l, &[eiffel_prompt(&l)], 1);
     assert_eq!(done[0].stop_reason, StopReason::Eos);
-    let mut tokens = done[0].tokens.clone();
-    tokens.push(2); // the <|im_end|> that stopped it
-    assert_eq!(tokens, EIFFEL_ANSWER);
+    let near_tie = 11;
+    assert_eq!(done[0].tokens[..near_tie], EIFFEL_ANSWER[..near_tie]);
+    assert_eq!(
+        l.tokenizer.decode(&done[0].tokens).unwrap(),
+        "The Eiffel Tower is a masterpiece of engineering and architecture, built to celebrate the 1889 World's Fair in Paris."
+    );
 }
 
 /// Greedy tokens of several long prompts with 1 and 4 sequences and prompt steps of 512, 37
@@ -76,7 +82,7 @@ fn answers_do_not_depend_on_k_or_prompt_steps() {
     }
 }
 
-/// Through the binary: `--prefill int8` with 8 sequences writes the records `--sequential`
+/// Through the binary: `--int8` with 8 sequences writes the records `--sequential`
 /// writes.
 #[test]
 fn the_binary_gives_the_same_records_at_every_k() {
@@ -85,7 +91,7 @@ fn the_binary_gives_the_same_records_at_every_k() {
     let records = |k: &[&str]| -> Vec<String> {
         let out = cli_support::docanalyze()
             .env("DOCANALYZE_MODEL", common::default_model())
-            .args(["run", "--prefill", "int8", "--max-tokens", "24", "-q"])
+            .args(["run", "--int8", "--max-tokens", "24", "-q"])
             .args(k)
             .arg(&docs)
             .output()
