@@ -13,21 +13,9 @@ model=${2:?usage: llama-cpp-greedy.sh LLAMA_CPP_BIN MODEL.gguf [N_TOKENS]}
 tokens=${3:-24}
 here=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
-server_pid=""
-cleanup() {
-  [[ -z $server_pid ]] || { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
-  rm -rf "$tmp"
-}
+source "$here/scripts/llama-server-lib.sh"
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-LD_LIBRARY_PATH="$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$bin/llama-server" -m "$model" \
-  --host 127.0.0.1 --port "$port" -np 1 -c 4096 -t "$(nproc)" --log-disable >"$tmp/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 600); do
-  curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
-  sleep 0.2
-done
+start_llama_server "$model" -c 4096 --log-disable
 PORT=$port TOKENS=$tokens DOCS="$here/sample-data/docs" python3 - <<'PY'
 import json, os, urllib.request
 docs = os.environ["DOCS"]

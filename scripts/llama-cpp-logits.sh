@@ -13,24 +13,12 @@ archs=${*:-llama qwen2 qwen3 gemma3 phi3}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --example gen_model
 tmp=$(mktemp -d)
-server_pid=""
-cleanup() {
-  [[ -z $server_pid ]] || { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
-  rm -rf "$tmp"
-}
+source scripts/llama-server-lib.sh
 trap cleanup EXIT
 for arch in $archs; do
   model="$tmp/ref-$arch.gguf"
   target/release/examples/gen_model "$model" "ref-$arch" 2>/dev/null
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  LD_LIBRARY_PATH="$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$bin/llama-server" -m "$model" \
-    --host 127.0.0.1 --port "$port" -np 1 -c 512 -t "$(nproc)" >"$tmp/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 300); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-    kill -0 "$server_pid" 2>/dev/null || { tail -n 20 "$tmp/server.log" >&2; exit 1; }
-    sleep 0.2
-  done
+  start_llama_server "$model" -c 512
   PORT=$port ARCH=$arch python3 - >"tests/fixtures/logits-$arch.json" <<'PY'
 import json, os, urllib.request
 # 96 ids spread over the vocabulary (ordinary tokens, no control ids 256-258).
@@ -52,6 +40,6 @@ for n in range(1, len(ids) + 1):
     steps.append([[t["id"], round(t["logprob"], 5)] for t in top])
 print(json.dumps({"architecture": os.environ["ARCH"], "ids": ids, "top": steps}))
 PY
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+  stop_llama_server
   echo "tests/fixtures/logits-$arch.json" >&2
 done

@@ -9,11 +9,15 @@
 //! step, one in chunks of 7 rows, one a decode row at a time — every position of each must
 //! match llama.cpp.
 
+mod common;
+mod real_model_support;
+
 use std::path::Path;
 
 use candle_core::Device;
 use docanalyze::model::synthetic::{write_synthetic_gguf, SyntheticSpec};
 use docanalyze::model::{BatchRow, BatchStep, GgufFile, Model, SlotId};
+use real_model_support::log_softmax;
 
 /// Largest |Δ log-probability| allowed on any of llama.cpp's 8 tokens at any position
 /// (measured: 0.04-0.11 by architecture). llama.cpp multiplies Q8_0 weights by 8-bit
@@ -52,13 +56,6 @@ fn fixture(arch: &str) -> Fixture {
         })
         .collect();
     Fixture { ids, top }
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
-    logits.iter().map(|&l| l - lse).collect()
 }
 
 /// Log-probabilities after every position of `ids`, for three sequences fed three ways in the

@@ -126,6 +126,13 @@ fn info(endpoint: &str, home: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Where the cache points at the model of commit [`COMMIT`].
+fn snapshot(home: &Path) -> std::path::PathBuf {
+    home.join(format!(
+        "hub/models--owner--repo/snapshots/{COMMIT}/model.gguf"
+    ))
+}
+
 /// Files in the cache's blob folder, by name (hf-hub's `.lock` files aside).
 fn blobs(home: &Path) -> Vec<String> {
     let dir = home.join("hub/models--owner--repo/blobs");
@@ -191,9 +198,7 @@ fn a_run_that_gives_up_leaves_a_part_file_the_next_run_resumes() {
         vec![format!("{sha}.part")],
         "no blob to take for a model"
     );
-    let snapshot = home.join(format!(
-        "hub/models--owner--repo/snapshots/{COMMIT}/model.gguf"
-    ));
+    let snapshot = snapshot(&home);
     assert!(!snapshot.exists());
     // A healthy server: the next run resumes from the part file and loads the model.
     let (endpoint, ranges) = serve(
@@ -232,8 +237,6 @@ fn bytes_that_do_not_match_the_etag_are_removed_with_an_error() {
         "{err}"
     );
     assert!(blobs(&home).is_empty(), "{:?}", blobs(&home));
-    let snapshot = home.join(format!(
-        "hub/models--owner--repo/snapshots/{COMMIT}/model.gguf"
-    ));
+    let snapshot = snapshot(&home);
     assert!(!snapshot.exists() && std::fs::symlink_metadata(&snapshot).is_err());
 }

@@ -7,9 +7,8 @@ mod cli_support;
 mod common;
 mod real_model_support;
 
-use docanalyze::engine::{Engine, EngineConfig, Flow, Job, StopReason};
-use docanalyze::sampler::SamplingParams;
-use real_model_support::{eiffel_prompt, generate, load, Loaded, EIFFEL_ANSWER};
+use docanalyze::engine::{EngineConfig, StopReason};
+use real_model_support::{complete, eiffel_prompt, generate, load, Loaded, EIFFEL_ANSWER};
 
 fn int8() -> Loaded {
     docanalyze::model::set_int8_activations(true);
@@ -43,38 +42,15 @@ fn answers_do_not_depend_on_k_or_prompt_steps() {
         .map(|i| ids[i * 50..i * 50 + 150 + 40 * i].to_vec())
         .collect();
     let run = |sequences, batch_size| {
-        let mut engine = Engine::new(
-            &l.model,
-            EngineConfig {
-                sequences,
-                ctx: 512,
-                batch_size,
-            },
-            l.tokenizer.end_of_generation_ids(),
-        )
-        .unwrap();
-        let mut jobs = prompts.iter().enumerate().map(|(index, p)| Job {
-            index,
-            key: index as u64,
-            prompt: p.clone(),
-            max_tokens: 24,
-            ignore_eos: true,
-            sampling: SamplingParams::default(),
-            labels: None,
-            json: None,
-        });
-        let mut done = Vec::new();
-        engine
-            .run(
-                || jobs.next(),
-                |c| {
-                    done.push(c);
-                    Flow::Continue
-                },
-            )
-            .unwrap();
-        done.sort_by_key(|c| c.index);
-        done.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
+        let config = EngineConfig {
+            sequences,
+            ctx: 512,
+            batch_size,
+        };
+        let eog = l.tokenizer.end_of_generation_ids();
+        (complete(&l.model, eog, &prompts, config, 24, true).into_iter())
+            .map(|c| c.tokens)
+            .collect::<Vec<_>>()
     };
     let want = run(1, 512);
     for (k, batch) in [(4, 512), (4, 37), (3, 7), (1, 37)] {

@@ -6,11 +6,14 @@
 //! documents (681-1,645 tokens) that cross the 512-token window of the local layers. Skipped, saying so, when the model is not installed
 //! (`scripts/fetch-model.sh gemma-3-270m`; CI installs it).
 
+mod common;
+mod real_model_support;
+
 use candle_core::Device;
-use docanalyze::engine::{Engine, EngineConfig, Flow, Job};
+use docanalyze::engine::EngineConfig;
 use docanalyze::model::{GgufFile, Model};
-use docanalyze::sampler::SamplingParams;
 use docanalyze::tokenizer::Tokenizer;
+use real_model_support::{complete, log_softmax};
 
 /// Tokens of each answer that must equal llama.cpp's.
 const CHECKED: usize = 16;
@@ -78,38 +81,14 @@ fn generate(
     ctx: usize,
     max_tokens: usize,
 ) -> Vec<Vec<u32>> {
-    let mut engine = Engine::new(
-        model,
-        EngineConfig {
-            sequences,
-            ctx,
-            batch_size: 512,
-        },
-        vec![],
-    )
-    .unwrap();
-    let mut jobs = prompts.iter().enumerate().map(|(index, p)| Job {
-        index,
-        key: index as u64,
-        prompt: p.clone(),
-        max_tokens,
-        ignore_eos: true,
-        sampling: SamplingParams::default(),
-        labels: None,
-        json: None,
-    });
-    let mut done = Vec::new();
-    engine
-        .run(
-            || jobs.next(),
-            |c| {
-                done.push(c);
-                Flow::Continue
-            },
-        )
-        .unwrap();
-    done.sort_by_key(|c| c.index);
-    done.into_iter().map(|c| c.tokens).collect()
+    let config = EngineConfig {
+        sequences,
+        ctx,
+        batch_size: 512,
+    };
+    (complete(model, vec![], prompts, config, max_tokens, true).into_iter())
+        .map(|c| c.tokens)
+        .collect()
 }
 
 /// A lead (nats) below which llama.cpp's choice is a near tie that 8-bit activations, f16
@@ -173,14 +152,6 @@ fn greedy_answers_equal_llama_cpp() {
             "K={sequences}: only {whole} answers equal llama.cpp's for {CHECKED} tokens"
         );
     }
-}
-
-/// Log-softmax of one row of logits.
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
-    logits.iter().map(|&l| l - lse).collect()
 }
 
 /// Teacher-forced along llama.cpp's answers: the prompt in prompt rows, then each of

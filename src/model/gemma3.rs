@@ -7,7 +7,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::ops::rms_norm;
 
-use super::qwen3::norm_heads;
+use super::blocks::SelfAttention;
 use super::step::{AttentionKind, Step};
 use super::swiglu::geglu;
 use super::transformer::{Architecture, Layer};
@@ -21,12 +21,7 @@ const DEFAULT_PATTERN: usize = 6;
 
 struct Gemma3Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    q_norm: Tensor,
-    k_norm: Tensor,
-    wo: Linear,
+    attention: SelfAttention,
     post_attention_norm: Tensor,
     ffn_norm: Tensor,
     gate: Linear,
@@ -55,20 +50,15 @@ pub fn load(
     for (i, &is_local) in local.iter().enumerate() {
         let p = format!("blk.{i}");
         let mut t = |name: &str| w.vector(&format!("{p}.{name}.weight"));
-        let (attn_norm, q_norm, k_norm) = (t("attn_norm")?, t("attn_q_norm")?, t("attn_k_norm")?);
-        let (post_attention_norm, ffn_norm, post_ffw_norm) = (
+        let (attn_norm, post_attention_norm, ffn_norm, post_ffw_norm) = (
+            t("attn_norm")?,
             t("post_attention_norm")?,
             t("ffn_norm")?,
             t("post_ffw_norm")?,
         );
         layers.push(Box::new(Gemma3Layer {
             attn_norm,
-            wq: w.linear(&format!("{p}.attn_q"))?,
-            wk: w.linear(&format!("{p}.attn_k"))?,
-            wv: w.linear(&format!("{p}.attn_v"))?,
-            q_norm,
-            k_norm,
-            wo: w.linear(&format!("{p}.attn_output"))?,
+            attention: SelfAttention::load(w, &p, true, config.rms_eps)?,
             post_attention_norm,
             ffn_norm,
             gate: w.linear(&format!("{p}.ffn_gate"))?,
@@ -131,17 +121,10 @@ fn local_layers(
 
 impl Layer for Gemma3Layer {
     fn forward(&self, index: usize, x: &Tensor, step: &Step<'_>) -> Result<Tensor> {
-        let (c, eps, rows) = (step.config, self.rms_eps, step.decode_rows);
+        let (eps, rows) = (self.rms_eps, step.decode_rows);
         let h = rms_norm(x, &self.attn_norm, eps)?;
-        let qkv = Linear::forward_group(&[&self.wq, &self.wk, &self.wv], &h, rows)?;
-        let q = norm_heads(&qkv[0], &self.q_norm, c.n_head, eps)?;
-        let k = norm_heads(&qkv[1], &self.k_norm, c.n_kv_head, eps)?;
-        let attn = step.self_attention(index, &q, &k, &qkv[2], self.kind)?;
-        let attn = rms_norm(
-            &self.wo.forward(&attn, rows)?,
-            &self.post_attention_norm,
-            eps,
-        )?;
+        let attn = self.attention.forward(index, &h, step, self.kind)?;
+        let attn = rms_norm(&attn, &self.post_attention_norm, eps)?;
         let x = (x + attn)?;
         let h = rms_norm(&x, &self.ffn_norm, eps)?;
         let gate_up = Linear::forward_group(&[&self.gate, &self.up], &h, rows)?;

@@ -5,6 +5,7 @@
 
 mod attention;
 mod batch;
+mod blocks;
 mod causal_softmax;
 mod config;
 mod cpu_attention;

@@ -1,6 +1,7 @@
 //! The model: token embedding, an architecture's layers, the output norm and projection, run
 //! over batches of rows of many sequences. What differs between architectures lives in their
-//! own files (`llama.rs`, `qwen3.rs`, `gemma3.rs`, `phi3.rs`), as a stack of [`Layer`]s.
+//! own files (`llama.rs`, `qwen3.rs`, `gemma3.rs`, `phi3.rs`), as a stack of [`Layer`]s built
+//! from the sublayers of `blocks.rs`.
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};

@@ -1,5 +1,6 @@
-//! The real default model loaded in-process, the Eiffel prompt and llama.cpp's answer to it:
-//! shared by `real_model.rs` and `int8_activations.rs`.
+//! The real default model loaded in-process, the Eiffel prompt and llama.cpp's answer to it,
+//! and greedy runs through the engine: shared by `real_model.rs`, `int8_activations.rs`,
+//! `real_gemma.rs` and `architectures_vs_llama_cpp.rs`.
 #![allow(dead_code)]
 
 use candle_core::Device;
@@ -63,23 +64,34 @@ pub fn eiffel_prompt(l: &Loaded) -> Vec<u32> {
         .tokens
 }
 
+/// Greedy answers of `prompts` (40 tokens at most) with `sequences` in flight.
 pub fn generate(l: &Loaded, prompts: &[Vec<u32>], sequences: usize) -> Vec<Completion> {
-    let mut engine = Engine::new(
-        &l.model,
-        EngineConfig {
-            sequences,
-            ctx: 512,
-            batch_size: 512,
-        },
-        l.tokenizer.end_of_generation_ids(),
-    )
-    .unwrap();
+    let config = EngineConfig {
+        sequences,
+        ctx: 512,
+        batch_size: 512,
+    };
+    let eog = l.tokenizer.end_of_generation_ids();
+    complete(&l.model, eog, prompts, config, 40, false)
+}
+
+/// Greedy completions of `prompts` through an engine on `model` (`eog`: its end-of-generation
+/// ids), in prompt order.
+pub fn complete(
+    model: &Model,
+    eog: Vec<u32>,
+    prompts: &[Vec<u32>],
+    config: EngineConfig,
+    max_tokens: usize,
+    ignore_eos: bool,
+) -> Vec<Completion> {
+    let mut engine = Engine::new(model, config, eog).unwrap();
     let mut jobs = prompts.iter().enumerate().map(|(index, p)| Job {
         index,
         key: index as u64,
         prompt: p.clone(),
-        max_tokens: 40,
-        ignore_eos: false,
+        max_tokens,
+        ignore_eos,
         sampling: SamplingParams::default(),
         labels: None,
         json: None,
@@ -96,4 +108,12 @@ pub fn generate(l: &Loaded, prompts: &[Vec<u32>], sequences: usize) -> Vec<Compl
         .unwrap();
     done.sort_by_key(|c| c.index);
     done
+}
+
+/// Log-softmax of one row of logits.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    logits.iter().map(|&l| l - lse).collect()
 }

@@ -177,6 +177,45 @@ pub unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// One block of 32 activations at `p`, for rounding to integers of at most `q_max`: its four
+/// loads times `q_max / amax` rounded to nearest (the default MXCSR mode), the block's scale
+/// `amax / q_max` (`x ≈ scale · q`) and the exact sum of its values (for the weights'
+/// offsets).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `p` points at 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn quantize_block(p: *const f32, q_max: f32) -> ([__m256i; 4], f32, f32) {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+    let amax = v
+        .iter()
+        .map(|&v| _mm256_and_ps(v, abs_mask))
+        .reduce(|a, b| _mm256_max_ps(a, b))
+        .unwrap_or_else(|| _mm256_setzero_ps());
+    let amax = hmax(amax);
+    let inv = _mm256_set1_ps(if amax > 0.0 { q_max / amax } else { 0.0 });
+    let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+    let sum = hsum(_mm256_add_ps(
+        _mm256_add_ps(v[0], v[1]),
+        _mm256_add_ps(v[2], v[3]),
+    ));
+    (q, amax / q_max, sum)
+}
+
+/// The largest of the eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
+}
+
 /// Whether this CPU has AVX2, FMA and F16C (every AVX2 CPU so far): the kernels of this file,
 /// and the f16 K/V loads of decode attention (checked once).
 pub fn available() -> bool {

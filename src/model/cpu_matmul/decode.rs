@@ -15,7 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum, Avx2Group, Avx2Scales, REGS};
+use super::avx2::{quantize_block, Avx2Group, Avx2Scales, REGS};
 use super::blocks::QK;
 use super::groups::Scales;
 
@@ -48,31 +48,15 @@ impl Rows16 {
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],
         };
-        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
         for b in 0..blocks {
-            let p = x.as_ptr().add(b * QK);
-            let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
-            let amax = v
-                .iter()
-                .map(|&v| _mm256_and_ps(v, abs_mask))
-                .reduce(|a, b| _mm256_max_ps(a, b))
-                .unwrap_or_else(|| _mm256_setzero_ps());
-            let amax = hmax(amax);
-            let inv = if amax > 0.0 { Q_MAX / amax } else { 0.0 };
-            let inv = _mm256_set1_ps(inv);
-            // Round to nearest (the default MXCSR mode); |x · inv| <= 32767.
-            let [a, b2, c, d] = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+            let ([a, b2, c, d], scale, sum) = quantize_block(x.as_ptr().add(b * QK), Q_MAX);
             // packs works within 128-bit lanes: restore the order with one permute each.
             let lo = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(a, b2));
             let hi = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(c, d));
             let q = rows.q.as_mut_ptr().add(b * QK);
             _mm256_storeu_si256(q as *mut __m256i, lo);
             _mm256_storeu_si256(q.add(16) as *mut __m256i, hi);
-            rows.d[b] = amax / Q_MAX;
-            rows.sum[b] = hsum(_mm256_add_ps(
-                _mm256_add_ps(v[0], v[1]),
-                _mm256_add_ps(v[2], v[3]),
-            ));
+            (rows.d[b], rows.sum[b]) = (scale, sum);
         }
         rows
     }
@@ -80,17 +64,6 @@ impl Rows16 {
     pub fn len(&self) -> usize {
         self.q.len() / self.cols
     }
-}
-
-/// The largest of the eight lanes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-pub unsafe fn hmax(v: __m256) -> f32 {
-    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    _mm_cvtss_f32(m)
 }
 
 /// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of

@@ -90,6 +90,32 @@ enum Packed {
     Q6K(Vec<Bytes8<true, F32Split>>),
 }
 
+/// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`]): the
+/// register tiles take their rows as a const generic.
+macro_rules! with_tile_rows {
+    ($t:expr, $n:ident => $body:expr) => {
+        match $t {
+            1 => {
+                const $n: usize = 1;
+                $body
+            }
+            2 => {
+                const $n: usize = 2;
+                $body
+            }
+            3 => {
+                const $n: usize = 3;
+                $body
+            }
+            4 => {
+                const $n: usize = 4;
+                $body
+            }
+            t => unreachable!("tile of {t} rows"),
+        }
+    };
+}
+
 /// `$body` with `$g` bound to the groups `$packed` holds, whatever their type.
 macro_rules! with_groups {
     ($packed:expr, $g:ident => $body:expr) => {
@@ -272,17 +298,9 @@ impl CpuQMatMul {
         range: (usize, usize),
     ) {
         let tile = |groups: &[Nibbles8<S>], r0: usize, t: usize, out: &mut [f32]| {
-            macro_rules! tiles {
-                ($($n:literal)*) => {
-                    match t {
-                        // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds
-                        // rows r0..r0 + t.
-                        $($n => unsafe { prompt8::tile::<S, $n>(groups, x8, r0, out) },)*
-                        _ => unreachable!("tile of {t} rows"),
-                    }
-                };
-            }
-            tiles!(1 2 3 4);
+            // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
+            // r0..r0 + t.
+            with_tile_rows!(t, T => unsafe { prompt8::tile::<S, T>(groups, x8, r0, out) })
         };
         for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
     }
@@ -408,8 +426,13 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
         })
         .collect();
     let decode_rows = decode_rows.min(rows);
-    let x16 = quantize_decode_rows(&x[..decode_rows * cols], cols);
     let x8 = quantize_int8_rows(mats, x, cols, int8);
+    // The 16-bit decode rows, unless every matrix takes the 8-bit ones.
+    let x16 = if x8.is_some() && mats.iter().all(|m| m.takes_int8()) {
+        None
+    } else {
+        quantize_decode_rows(&x[..decode_rows * cols], cols)
+    };
     let run = |&(m, o0, o1): &(usize, usize, usize)| {
         let x8 = x8.as_ref().filter(|_| mats[m].takes_int8());
         mats[m].run_range(
@@ -466,17 +489,8 @@ fn compute_tile<G: Kernel>(
     let t = x.len() / cols;
     #[cfg(target_arch = "x86_64")]
     if let Some((x16, r0)) = x16 {
-        macro_rules! tiles {
-            ($($n:literal)*) => {
-                match t {
-                    // SAFETY: x16 exists only where AVX2 and FMA were detected; it holds
-                    // rows r0..r0 + t.
-                    $($n => unsafe { decode::tile::<G, $n>(groups, x16, r0, out) },)*
-                    _ => unreachable!("tile of {t} rows"),
-                }
-            };
-        }
-        tiles!(1 2 3 4);
+        // SAFETY: x16 exists only where AVX2 and FMA were detected; it holds rows r0..r0 + t.
+        with_tile_rows!(t, T => unsafe { decode::tile::<G, T>(groups, x16, r0, out) });
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]

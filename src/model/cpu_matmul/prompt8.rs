@@ -62,7 +62,6 @@ impl Rows8 {
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],
         };
-        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
         // After the packs, 32-bit chunk c holds activations 4·[0, 8, 16, 24, 1, 9, 17, 25][c]..:
         // gather the chunks in order, then interleave each 8's halves ([`PERMUTATION`]).
         let chunks = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -71,25 +70,13 @@ impl Rows8 {
             13, 10, 14, 11, 15,
         );
         for b in 0..blocks {
-            let p = x.as_ptr().add(b * QK);
-            let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
-            let amax = v
-                .iter()
-                .map(|&v| _mm256_and_ps(v, abs_mask))
-                .reduce(|a, b| _mm256_max_ps(a, b))
-                .unwrap_or_else(|| _mm256_setzero_ps());
-            let amax = super::decode::hmax(amax);
-            let inv = _mm256_set1_ps(if amax > 0.0 { Q_MAX / amax } else { 0.0 });
-            let [a, b2, c, d] = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+            let ([a, b2, c, d], scale, sum) =
+                super::avx2::quantize_block(x.as_ptr().add(b * QK), Q_MAX);
             let packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b2), _mm256_packs_epi32(c, d));
             let ordered = _mm256_permutevar8x32_epi32(packed, chunks);
             let q = _mm256_shuffle_epi8(ordered, halves);
             _mm256_storeu_si256(rows.q.as_mut_ptr().add(b * QK) as *mut __m256i, q);
-            rows.d[b] = amax / Q_MAX;
-            rows.sum[b] = super::avx2::hsum(_mm256_add_ps(
-                _mm256_add_ps(v[0], v[1]),
-                _mm256_add_ps(v[2], v[3]),
-            ));
+            (rows.d[b], rows.sum[b]) = (scale, sum);
         }
         rows
     }
