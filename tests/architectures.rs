@@ -2,7 +2,7 @@
 //! K: `mistral` and `qwen2` (with its q/k/v biases) load under their own key prefixes, the
 //! biases are applied (the same matrices without them give other answers); `qwen3`, `gemma3`
 //! (a 16-token window over prompts far longer) and `phi3` too. Their logits against llama.cpp's
-//! are `tests/architectures_vs_llama_cpp.rs`.
+//! are `tests/architectures_vs_references.rs`.
 
 mod cli_support;
 

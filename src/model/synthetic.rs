@@ -114,7 +114,7 @@ impl SyntheticSpec {
         }
     }
 
-    /// The files compared with llama.cpp's logits (`tests/architectures_vs_llama_cpp.rs`,
+    /// The files compared with llama.cpp's logits (`tests/architectures_vs_references.rs`,
     /// `scripts/llama-cpp-logits.sh`): `architecture` at 4 layers, 256 wide, head size 64,
     /// Q8_0; Gemma 3's with a 32-token window and every second layer global. (Wider weights
     /// would sharpen the next-token choices, but random layers then amplify the 8-bit

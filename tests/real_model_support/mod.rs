@@ -1,6 +1,6 @@
 //! The real default model loaded in-process, the Eiffel prompt and llama.cpp's answer to it,
 //! and greedy runs through the engine: shared by `real_model.rs`, `int8_activations.rs`,
-//! `real_gemma.rs` and `architectures_vs_llama_cpp.rs`.
+//! `real_gemma.rs` and `architectures_vs_references.rs`.
 #![allow(dead_code)]
 
 use candle_core::Device;
