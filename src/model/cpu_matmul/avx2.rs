@@ -9,30 +9,33 @@ use std::arch::x86_64::*;
 use half::f16;
 
 #[cfg(target_arch = "x86_64")]
-use super::groups::{Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Scales, F16D};
+use super::groups::{
+    Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Q4KGroup, Q6KGroup, Scales, F16D,
+};
 
 /// Registers per group: weights `2r, 2r + 1` of the 8 rows for `r` in `0..REGS`.
 pub const REGS: usize = 16;
 
-/// Weight groups the AVX2 kernels read; their scales load as 8 f32 lanes
-/// ([`Avx2Scales`]).
+/// Weight groups the AVX2 kernels read; their scales load as 8 f32 lanes.
 #[cfg(target_arch = "x86_64")]
-pub trait Avx2Group: Group<Scales: Avx2Scales> {
-    /// Registers per 32-byte load.
+pub trait Avx2Group: Group {
+    /// Registers per 32-byte load of weights.
     const PER_LOAD: usize;
 
-    /// Bytes `32l..32l + 32` of the group's weights.
+    /// Registers `l · PER_LOAD..(l + 1) · PER_LOAD` of block `sub` (the first `PER_LOAD`
+    /// entries): lane `j` of register `r` holds weights `2r, 2r + 1` of row `j` as 16-bit
+    /// integers.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `l < REGS / PER_LOAD`.
-    unsafe fn load(&self, l: usize) -> __m256i;
+    /// The CPU must support AVX2; `l < REGS / PER_LOAD`, `sub < SUBS`.
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4];
 
-    /// Register `s` of a load: lane `j` holds weights `2r, 2r + 1` of row `j` as 16-bit
-    /// integers, `r = l · PER_LOAD + s`.
+    /// Block `sub`'s scales of the 8 rows for weights 0..16 and 16..32, and their offsets
+    /// (zero without).
     ///
     /// # Safety
-    /// The CPU must support AVX2.
-    unsafe fn extract(v: __m256i, s: usize) -> __m256i;
+    /// The CPU must support AVX2 and F16C; `sub < SUBS`.
+    unsafe fn scale_vectors(&self, sub: usize) -> (__m256, __m256, __m256);
 }
 
 /// AVX2 loads of a group's scales and offsets, as 8 f32 lanes (one per row).
@@ -121,26 +124,168 @@ impl Avx2Scales for F32Split {
     }
 }
 
+/// The scale vectors of a one-block group's scales.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn vectors<S: Avx2Scales>(s: &S) -> (__m256, __m256, __m256) {
+    (s.d(), s.d_hi(), s.m())
+}
+
+/// The four registers of a load of 4-bit weights in the [`Nibbles8`] layout: 16-bit lane
+/// bits `4s..4s + 4` are register `s`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn nibble_registers(v: __m256i) -> [__m256i; 4] {
+    let mask = _mm256_set1_epi16(0x0F);
+    [
+        _mm256_and_si256(v, mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<8>(v), mask),
+        _mm256_srli_epi16::<12>(v),
+    ]
+}
+
+// (No closures in the target-feature functions here: a closure does not inherit the
+// features, so its intrinsics would be calls.)
+
+/// 8 unsigned bytes as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn u8x8(b: &[u8; 8]) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+        b.as_ptr() as *const __m128i
+    )))
+}
+
+/// 8 signed bytes as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn i8x8(b: &[i8; 8]) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+        b.as_ptr() as *const __m128i
+    )))
+}
+
+/// A 6-bit weight minus 32 from its low nibble and its high bits at bits 4..6 of `high`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn six_bits(low: __m256i, high: __m256i) -> __m256i {
+    let q = _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi16(0x30)));
+    _mm256_sub_epi16(q, _mm256_set1_epi16(32))
+}
+
+/// Groups of 4-bit weights in the [`Nibbles8`] layout (the 8-bit activation kernel's).
+#[cfg(target_arch = "x86_64")]
+pub trait Avx2Nibbles: Avx2Group {
+    /// Bytes `32l..32l + 32` of block `sub`'s nibbles.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `l < 4`, `sub < SUBS`.
+    unsafe fn load(&self, sub: usize, l: usize) -> __m256i;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<S: Avx2Scales> Avx2Nibbles for Nibbles8<S> {
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(&self, _sub: usize, l: usize) -> __m256i {
+        _mm256_load_si256(self.qs.as_ptr().add(32 * l) as *const __m256i)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Nibbles for Q4KGroup {
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(&self, sub: usize, l: usize) -> __m256i {
+        _mm256_load_si256(self.qs[sub].as_ptr().add(32 * l) as *const __m256i)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
     const PER_LOAD: usize = 4;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn load(&self, l: usize) -> __m256i {
-        _mm256_load_si256(self.qs.as_ptr().add(32 * l) as *const __m256i)
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        nibble_registers(self.load(sub, l))
     }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, _sub: usize) -> (__m256, __m256, __m256) {
+        vectors(&self.scales)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Group for Q4KGroup {
+    const PER_LOAD: usize = 4;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn extract(v: __m256i, s: usize) -> __m256i {
-        let mask = _mm256_set1_epi16(0x0F);
-        match s {
-            0 => _mm256_and_si256(v, mask),
-            1 => _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
-            2 => _mm256_and_si256(_mm256_srli_epi16::<8>(v), mask),
-            _ => _mm256_srli_epi16::<12>(v),
-        }
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        nibble_registers(self.load(sub, l))
+    }
+
+    /// `d·sc` and `(−dmin)·m` of the 8 rows, exact products as the file's dequantization has.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, sub: usize) -> (__m256, __m256, __m256) {
+        let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
+        let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
+        (d, d, m)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Group for Q6KGroup {
+    const PER_LOAD: usize = 4;
+
+    /// `(low | high << 4) − 32`: the low nibbles as [`Nibbles8`] lays them out, the high two
+    /// bits of registers `8h..8h + 8` at bits `2s..2s + 2` of load `h` of the high bits.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        let low = nibble_registers(_mm256_load_si256(
+            self.blocks[sub].ql.as_ptr().add(32 * l) as *const __m256i
+        ));
+        let high =
+            _mm256_load_si256(self.blocks[sub].qh.as_ptr().add(32 * (l / 2)) as *const __m256i);
+        // Registers 4l..4l + 4 are fields 4(l % 2)..4(l % 2) + 4 of their load.
+        let high = if l.is_multiple_of(2) {
+            high
+        } else {
+            _mm256_srli_epi16::<8>(high)
+        };
+        let fields = [
+            _mm256_slli_epi16::<4>(high),
+            _mm256_slli_epi16::<2>(high),
+            high,
+            _mm256_srli_epi16::<2>(high),
+        ];
+        [
+            six_bits(low[0], fields[0]),
+            six_bits(low[1], fields[1]),
+            six_bits(low[2], fields[2]),
+            six_bits(low[3], fields[3]),
+        ]
+    }
+
+    /// `d·sc` of the 8 rows for each half of block `sub`, exact products.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, sub: usize) -> (__m256, __m256, __m256) {
+        let d = _mm256_load_ps(self.d.as_ptr());
+        let lo = _mm256_mul_ps(d, i8x8(&self.sc[2 * sub]));
+        let hi = _mm256_mul_ps(d, i8x8(&self.sc[2 * sub + 1]));
+        (lo, hi, _mm256_setzero_ps())
     }
 }
 
@@ -148,21 +293,29 @@ impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
 impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Bytes8<SIGNED, S> {
     const PER_LOAD: usize = 2;
 
+    /// The low and high bytes of each 16-bit lane, sign- or zero-extended.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn load(&self, l: usize) -> __m256i {
-        _mm256_load_si256(self.qs.as_ptr().add(32 * l) as *const __m256i)
+    unsafe fn registers(&self, _sub: usize, l: usize) -> [__m256i; 4] {
+        let v = _mm256_load_si256(self.qs.as_ptr().add(32 * l) as *const __m256i);
+        let (low, high) = if SIGNED {
+            (
+                _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(v)),
+                _mm256_srai_epi16::<8>(v),
+            )
+        } else {
+            (
+                _mm256_and_si256(v, _mm256_set1_epi16(0xFF)),
+                _mm256_srli_epi16::<8>(v),
+            )
+        };
+        [low, high, low, high]
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn extract(v: __m256i, s: usize) -> __m256i {
-        match (s, SIGNED) {
-            (0, true) => _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(v)),
-            (0, false) => _mm256_and_si256(v, _mm256_set1_epi16(0xFF)),
-            (_, true) => _mm256_srai_epi16::<8>(v),
-            (_, false) => _mm256_srli_epi16::<8>(v),
-        }
+    unsafe fn scale_vectors(&self, _sub: usize) -> (__m256, __m256, __m256) {
+        vectors(&self.scales)
     }
 }
 

@@ -219,26 +219,50 @@ pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 
-/// A Q4_K super-block (`d, dmin: f16; scales: [u8; 12]; qs: [u8; 128]`) as 8 Q4_1 blocks:
-/// sub-block `j` is `d·sc_j · q − dmin·m_j`.
-pub fn q4_k_blocks(b: &[u8]) -> [BlockQ4_1; 8] {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let (scales, qs) = (&b[4..16], &b[16..144]);
-    std::array::from_fn(|j| {
-        let (sc, m) = scale_min_k4(j, scales);
+/// A Q4_K super-block's parts: sub-block `j`'s weight `l` is
+/// `d·scales[j].0 · q[j][l] − dmin·scales[j].1`.
+pub struct Q4KParts {
+    pub d: f32,
+    pub dmin: f32,
+    /// 6-bit scale and min of each sub-block.
+    pub scales: [(u8, u8); 8],
+    /// 4-bit weights of each sub-block.
+    pub q: [[u8; QK]; 8],
+}
+
+/// A Q4_K super-block (`d, dmin: f16; scales: [u8; 12]; qs: [u8; 128]`) in parts.
+pub fn q4_k_parts(b: &[u8]) -> Q4KParts {
+    let qs = &b[16..144];
+    Q4KParts {
+        d: f16_at(b, 0),
+        dmin: f16_at(b, 2),
+        scales: std::array::from_fn(|j| scale_min_k4(j, &b[4..16])),
         // Sub-blocks 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+32.
-        let src = &qs[j / 2 * 32..j / 2 * 32 + 32];
-        let q = |l: usize| {
-            if j % 2 == 0 {
-                src[l] & 0x0F
-            } else {
-                src[l] >> 4
-            }
-        };
+        q: std::array::from_fn(|j| {
+            std::array::from_fn(|l| {
+                let byte = qs[j / 2 * 32 + l];
+                if j % 2 == 0 {
+                    byte & 0x0F
+                } else {
+                    byte >> 4
+                }
+            })
+        }),
+    }
+}
+
+/// A Q4_K super-block as 8 Q4_1 blocks: sub-block `j` is `d·sc_j · q − dmin·m_j` (the form
+/// Q4_K had before [`super::groups::Q4KGroup`]; the tests' reference for it).
+#[cfg(test)]
+pub fn q4_k_blocks(b: &[u8]) -> [BlockQ4_1; 8] {
+    let p = q4_k_parts(b);
+    std::array::from_fn(|j| {
+        let (sc, m) = p.scales[j];
+        let q = &p.q[j];
         BlockQ4_1 {
-            d: d * f32::from(sc),
-            m: -(dmin * f32::from(m)),
-            qs: std::array::from_fn(|l| q(l) | (q(l + 16) << 4)),
+            d: p.d * f32::from(sc),
+            m: -(p.dmin * f32::from(m)),
+            qs: std::array::from_fn(|l| q[l] | (q[l + 16] << 4)),
         }
     })
 }
@@ -296,24 +320,42 @@ pub fn q3_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
     })
 }
 
-/// A Q6_K super-block (`ql: [u8; 128]; qh: [u8; 64]; scales: [i8; 16]; d: f16`) as 8 blocks:
-/// weight `i` is `d·sc[i / 16] · (q − 32)` with 6-bit `q`.
-pub fn q6_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
+/// A Q6_K super-block's parts: weight `i` is `d·scales[i / 16] · (q[i / 32][i % 32] − 32)`.
+pub struct Q6KParts {
+    pub d: f32,
+    pub scales: [i8; 16],
+    /// 6-bit weights of each block of 32.
+    pub q: [[u8; QK]; 8],
+}
+
+/// A Q6_K super-block (`ql: [u8; 128]; qh: [u8; 64]; scales: [i8; 16]; d: f16`) in parts.
+pub fn q6_k_parts(b: &[u8]) -> Q6KParts {
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
-    let d = f16_at(b, 208);
     // Weight i of the super-block: half h = i / 128, then quarter k = (i % 128) / 32 and l.
-    let q = |i: usize| -> i8 {
+    let q = |i: usize| -> u8 {
         let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
         let low = ql[h * 64 + (k % 2) * 32 + l];
         let low = if k < 2 { low & 0x0F } else { low >> 4 };
         let high = (qh[h * 32 + l] >> (2 * k)) & 3;
-        (low | (high << 4)) as i8 - 32
+        low | (high << 4)
     };
+    Q6KParts {
+        d: f16_at(b, 208),
+        scales: std::array::from_fn(|i| scales[i] as i8),
+        q: std::array::from_fn(|j| std::array::from_fn(|l| q(j * QK + l))),
+    }
+}
+
+/// A Q6_K super-block as 8 blocks: weight `i` is `d·sc[i / 16] · (q − 32)` with 6-bit `q` (the
+/// form Q6_K had before [`super::groups::Q6KGroup`]; the tests' reference for it).
+#[cfg(test)]
+pub fn q6_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
+    let p = q6_k_parts(b);
     std::array::from_fn(|j| BlockQ6 {
         d: [
-            d * f32::from(scales[2 * j] as i8),
-            d * f32::from(scales[2 * j + 1] as i8),
+            p.d * f32::from(p.scales[2 * j]),
+            p.d * f32::from(p.scales[2 * j + 1]),
         ],
-        qs: std::array::from_fn(|l| q(j * QK + l)),
+        qs: std::array::from_fn(|l| p.q[j][l] as i8 - 32),
     })
 }

@@ -15,7 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{quantize_block, Avx2Group, Avx2Scales, REGS};
+use super::avx2::{quantize_block, Avx2Group, REGS};
 use super::blocks::QK;
 use super::groups::Scales;
 
@@ -67,7 +67,7 @@ impl Rows16 {
 }
 
 /// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
-/// `groups` (each `cols / 32` groups), for `T` rows.
+/// `groups` (each `cols / 32 / G::SUBS` groups), for `T` rows.
 ///
 /// Per block and row: one broadcast, `pmaddwd` and add per register of weights into exact
 /// 32-bit sums, then one conversion and FMA with the 8 rows' scales (two for split scales)
@@ -86,42 +86,44 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
 ) {
     let cols = x.cols;
     let nb = cols / QK;
-    debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(nb));
-    debug_assert!(out.len() >= groups.len() / nb * T * 8);
+    let per_row = nb / G::SUBS;
+    debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(per_row));
+    debug_assert!(out.len() >= groups.len() / per_row * T * 8);
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let sum = x.sum.as_ptr().add(r0 * nb);
-    for (g, row) in groups.chunks_exact(nb).enumerate() {
+    for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
-        for (b, group) in row.iter().enumerate() {
-            // Sums of weights 0..16 and 16..32 (apart only for split scales).
-            let mut isum = [[_mm256_setzero_si256(); 2]; T];
-            for l in 0..REGS / G::PER_LOAD {
-                let v = group.load(l);
-                for s in 0..G::PER_LOAD {
-                    let w = G::extract(v, s);
-                    let r = l * G::PER_LOAD + s;
-                    let half = usize::from(G::Scales::SPLIT && r >= REGS / 2);
-                    for (t, isum) in isum.iter_mut().enumerate() {
-                        let pair = q.add(t * cols + b * QK + 2 * r) as *const i32;
-                        let a = _mm256_set1_epi32(pair.read_unaligned());
-                        isum[half] = _mm256_add_epi32(isum[half], _mm256_madd_epi16(w, a));
+        for (i, group) in row.iter().enumerate() {
+            for sub in 0..G::SUBS {
+                let b = i * G::SUBS + sub;
+                // Sums of weights 0..16 and 16..32 (apart only for split scales).
+                let mut isum = [[_mm256_setzero_si256(); 2]; T];
+                for l in 0..REGS / G::PER_LOAD {
+                    let regs = group.registers(sub, l);
+                    for (s, &w) in regs.iter().enumerate().take(G::PER_LOAD) {
+                        let r = l * G::PER_LOAD + s;
+                        let half = usize::from(G::Scales::SPLIT && r >= REGS / 2);
+                        for (t, isum) in isum.iter_mut().enumerate() {
+                            let pair = q.add(t * cols + b * QK + 2 * r) as *const i32;
+                            let a = _mm256_set1_epi32(pair.read_unaligned());
+                            isum[half] = _mm256_add_epi32(isum[half], _mm256_madd_epi16(w, a));
+                        }
                     }
                 }
-            }
-            let scales = group.scales();
-            let (dw, dw_hi, m) = (scales.d(), scales.d_hi(), scales.m());
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let da = _mm256_set1_ps(*d.add(t * nb + b));
-                let ints = _mm256_cvtepi32_ps(isum[t][0]);
-                *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
-                if G::Scales::SPLIT {
-                    let ints = _mm256_cvtepi32_ps(isum[t][1]);
-                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw_hi, da), *acc);
-                }
-                if G::Scales::OFFSET {
-                    let xs = _mm256_set1_ps(*sum.add(t * nb + b));
-                    *acc = _mm256_fmadd_ps(m, xs, *acc);
+                let (dw, dw_hi, m) = group.scale_vectors(sub);
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let da = _mm256_set1_ps(*d.add(t * nb + b));
+                    let ints = _mm256_cvtepi32_ps(isum[t][0]);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
+                    if G::Scales::SPLIT {
+                        let ints = _mm256_cvtepi32_ps(isum[t][1]);
+                        *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw_hi, da), *acc);
+                    }
+                    if G::Scales::OFFSET {
+                        let xs = _mm256_set1_ps(*sum.add(t * nb + b));
+                        *acc = _mm256_fmadd_ps(m, xs, *acc);
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx2::{Avx2Group, Avx2Scales, REGS};
+use super::avx2::{Avx2Group, REGS};
 use super::blocks::QK;
 use super::groups::{Group, ROWS};
 use super::{Kernel, SharedOut};
@@ -32,7 +32,7 @@ pub fn run_range<G: Kernel>(
     o0: usize,
     o1: usize,
 ) {
-    let nb = cols / QK;
+    let per_row = cols / QK / G::SUBS;
     let rows = x.len() / cols;
     if rows == 0 {
         return;
@@ -44,8 +44,8 @@ pub fn run_range<G: Kernel>(
     while c0 < o1 {
         let n = (o1 - c0).min(NR);
         pack(
-            &w[c0 / ROWS * nb..(c0 + n).div_ceil(ROWS) * nb],
-            nb,
+            &w[c0 / ROWS * per_row..(c0 + n).div_ceil(ROWS) * per_row],
+            per_row,
             &mut panel,
         );
         let mut r0 = 0;
@@ -64,28 +64,31 @@ pub fn run_range<G: Kernel>(
     }
 }
 
-/// `panel[k * NR + o]` = weight `k` of row `o` of `groups` (one or two group rows of `nb`
-/// groups); the columns of a missing group are zero.
-fn pack<G: Kernel>(groups: &[G], nb: usize, panel: &mut [f32]) {
-    if groups.len() < NR / ROWS * nb {
+/// `panel[k * NR + o]` = weight `k` of row `o` of `groups` (one or two group rows of
+/// `per_row` groups); the columns of a missing group are zero.
+fn pack<G: Kernel>(groups: &[G], per_row: usize, panel: &mut [f32]) {
+    if groups.len() < NR / ROWS * per_row {
         panel.fill(0.0);
     }
     #[cfg(target_arch = "x86_64")]
     if super::avx2::available() {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
-        unsafe { pack_avx2(groups, nb, panel) };
+        unsafe { pack_avx2(groups, per_row, panel) };
         return;
     }
-    pack_portable(groups, nb, panel);
+    pack_portable(groups, per_row, panel);
 }
 
 /// [`pack`] one weight at a time.
-pub(super) fn pack_portable<G: Group>(groups: &[G], nb: usize, panel: &mut [f32]) {
-    for (g, row) in groups.chunks_exact(nb).enumerate() {
-        for (b, group) in row.iter().enumerate() {
-            for j in 0..ROWS {
-                for (k, v) in group.dequantize_row(j).iter().enumerate() {
-                    panel[(b * QK + k) * NR + g * ROWS + j] = *v;
+pub(super) fn pack_portable<G: Group>(groups: &[G], per_row: usize, panel: &mut [f32]) {
+    for (g, row) in groups.chunks_exact(per_row).enumerate() {
+        for (i, group) in row.iter().enumerate() {
+            for sub in 0..G::SUBS {
+                let b = i * G::SUBS + sub;
+                for j in 0..ROWS {
+                    for (k, v) in group.dequantize_row(j, sub).iter().enumerate() {
+                        panel[(b * QK + k) * NR + g * ROWS + j] = *v;
+                    }
                 }
             }
         }
@@ -96,28 +99,30 @@ pub(super) fn pack_portable<G: Group>(groups: &[G], nb: usize, panel: &mut [f32]
 /// which widened to 32 bits are panel rows `2r` and `2r + 1` of those 8 columns.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `panel` holds `nb · 32 · NR` floats.
+/// The CPU must support AVX2, FMA and F16C; `panel` holds `per_row · SUBS · 32 · NR` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], nb: usize, panel: &mut [f32]) {
-    debug_assert!(panel.len() >= nb * QK * NR && groups.len() <= NR / ROWS * nb);
+pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], per_row: usize, panel: &mut [f32]) {
+    debug_assert!(panel.len() >= per_row * G::SUBS * QK * NR);
+    debug_assert!(groups.len() <= NR / ROWS * per_row);
     let p = panel.as_mut_ptr();
-    for (g, row) in groups.chunks_exact(nb).enumerate() {
-        for (b, group) in row.iter().enumerate() {
-            let scales = group.scales();
-            let (d_lo, d_hi, m) = (scales.d(), scales.d_hi(), scales.m());
-            for l in 0..REGS / G::PER_LOAD {
-                let v = group.load(l);
-                for s in 0..G::PER_LOAD {
-                    let r = l * G::PER_LOAD + s;
-                    let d = if r < REGS / 2 { d_lo } else { d_hi };
-                    let w = G::extract(v, s);
-                    // Weight 2r (the low 16 bits, sign-extended) and 2r + 1 (the high ones).
-                    let even = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(w));
-                    let odd = _mm256_srai_epi32::<16>(w);
-                    for (e, ints) in [even, odd].into_iter().enumerate() {
-                        let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), d, m);
-                        _mm256_storeu_ps(p.add((b * QK + 2 * r + e) * NR + g * ROWS), f);
+    for (g, row) in groups.chunks_exact(per_row).enumerate() {
+        for (i, group) in row.iter().enumerate() {
+            for sub in 0..G::SUBS {
+                let b = i * G::SUBS + sub;
+                let (d_lo, d_hi, m) = group.scale_vectors(sub);
+                for l in 0..REGS / G::PER_LOAD {
+                    let regs = group.registers(sub, l);
+                    for (s, &w) in regs.iter().enumerate().take(G::PER_LOAD) {
+                        let r = l * G::PER_LOAD + s;
+                        let d = if r < REGS / 2 { d_lo } else { d_hi };
+                        // Weight 2r (the low 16 bits, sign-extended) and 2r + 1 (the high ones).
+                        let even = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(w));
+                        let odd = _mm256_srai_epi32::<16>(w);
+                        for (e, ints) in [even, odd].into_iter().enumerate() {
+                            let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), d, m);
+                            _mm256_storeu_ps(p.add((b * QK + 2 * r + e) * NR + g * ROWS), f);
+                        }
                     }
                 }
             }

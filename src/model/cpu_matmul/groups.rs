@@ -10,7 +10,10 @@
 //!
 //! Scales are kept as the file has them where that is exact (f16 for Q4_0, Q4_1 and Q8_0, so
 //! that a group takes no more memory than the file's blocks: decode at one sequence streams
-//! every weight once per token), and as f32 for the K-quants' products of two scales.
+//! every weight once per token), and as f32 for the K-quants' products of two scales. Q4_K
+//! and Q6_K groups ([`Q4KGroup`], [`Q6KGroup`]) hold a whole super-block of 8 blocks per row
+//! with its scales as bytes, 1.06× and 1.01× the file's bytes (1.33× and 1.52× as blocks of 32
+//! with f32 scales).
 
 use std::fmt::Debug;
 
@@ -21,29 +24,50 @@ use super::blocks::{IntBlock, QK};
 /// Output rows per group.
 pub const ROWS: usize = 8;
 
-/// One block of 32 weights of 8 rows.
+/// `SUBS` blocks of 32 weights of 8 rows.
 pub trait Group: Copy + Send + Sync + Debug + 'static {
-    /// The type of the 8 rows' scales and offsets.
+    /// The kind of the 8 rows' scales and offsets ([`Scales::SPLIT`], [`Scales::OFFSET`]).
     type Scales: Scales;
     /// All rows zero.
     const ZERO: Self;
+    /// Blocks of 32 weights per row.
+    const SUBS: usize = 1;
+    /// Row `j`'s weights `32 · sub..32 · sub + 32` as f32: `q · d + m`, one FMA each (the AVX2
+    /// paths compute the same).
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK];
+}
+
+/// A group of one block per row, built from integer blocks.
+pub trait BlockGroup: Group {
     /// Sets row `j`: weight `k` is `d[k / 16] · q[k] + m`.
     fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32);
     /// The integer weight `k` of row `j`.
     fn int(&self, j: usize, k: usize) -> i32;
     /// The 8 rows' scales and offsets.
     fn scales(&self) -> &Self::Scales;
+}
 
-    /// Row `j`'s 32 weights as f32: `q · d + m`, one FMA each (the AVX2 paths compute the
-    /// same).
-    fn dequantize_row(&self, j: usize) -> [f32; QK] {
-        let s = self.scales();
-        std::array::from_fn(|k| (self.int(j, k) as f32).mul_add(s.scale(j, k), s.offset(j)))
-    }
+/// [`Group::dequantize_row`] of a [`BlockGroup`].
+fn dequantize_block_row<G: BlockGroup>(g: &G, j: usize) -> [f32; QK] {
+    let s = g.scales();
+    std::array::from_fn(|k| (g.int(j, k) as f32).mul_add(s.scale(j, k), s.offset(j)))
+}
+
+/// Row `o`'s weights of the groups of a matrix of `cols` columns.
+#[cfg(test)]
+pub fn row_weights<G: Group>(groups: &[G], o: usize, cols: usize) -> Vec<f32> {
+    let per_row = cols / QK / G::SUBS;
+    (groups[o / ROWS * per_row..][..per_row].iter())
+        .flat_map(|g| (0..G::SUBS).flat_map(move |sub| g.dequantize_row(o % ROWS, sub)))
+        .collect()
 }
 
 /// `rows × nb` blocks (row-major) as `ceil(rows / 8) × nb` groups, group rows in parallel.
-pub fn interleave<B: IntBlock + Sync, G: Group>(blocks: &[B], rows: usize, nb: usize) -> Vec<G> {
+pub fn interleave<B: IntBlock + Sync, G: BlockGroup>(
+    blocks: &[B],
+    rows: usize,
+    nb: usize,
+) -> Vec<G> {
     use rayon::prelude::*;
     debug_assert_eq!(blocks.len(), rows * nb);
     let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * nb];
@@ -229,6 +253,19 @@ fn nibble_at(j: usize, k: usize) -> (usize, u32) {
     (32 * l + 2 * (2 * j + e) + s / 2, 4 * (s % 2) as u32)
 }
 
+/// Weight `k` of row `j` of the 128 bytes of a [`Nibbles8`] block.
+fn nibble_of(qs: &[u8; 128], j: usize, k: usize) -> i32 {
+    let (byte, shift) = nibble_at(j, k);
+    i32::from((qs[byte] >> shift) & 0x0F)
+}
+
+/// Sets weight `k` of row `j` (in 0..16) of the 128 bytes of a [`Nibbles8`] block.
+fn set_nibble(qs: &mut [u8; 128], j: usize, k: usize, q: u8) {
+    debug_assert!(q < 16);
+    let (byte, shift) = nibble_at(j, k);
+    qs[byte] = (qs[byte] & !(0x0F << shift)) | (q << shift);
+}
+
 impl<S: Scales> Group for Nibbles8<S> {
     type Scales = S;
     const ZERO: Self = Self {
@@ -236,18 +273,22 @@ impl<S: Scales> Group for Nibbles8<S> {
         scales: S::ZERO,
     };
 
+    fn dequantize_row(&self, j: usize, _sub: usize) -> [f32; QK] {
+        dequantize_block_row(self, j)
+    }
+}
+
+impl<S: Scales> BlockGroup for Nibbles8<S> {
     fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
         debug_assert!(q.iter().all(|q| (0..16).contains(q)));
         for (k, &q) in q.iter().enumerate() {
-            let (byte, shift) = nibble_at(j, k);
-            self.qs[byte] = (self.qs[byte] & !(0x0F << shift)) | ((q as u8) << shift);
+            set_nibble(&mut self.qs, j, k, q as u8);
         }
         self.scales.set(j, d, m);
     }
 
     fn int(&self, j: usize, k: usize) -> i32 {
-        let (byte, shift) = nibble_at(j, k);
-        i32::from((self.qs[byte] >> shift) & 0x0F)
+        nibble_of(&self.qs, j, k)
     }
 
     fn scales(&self) -> &S {
@@ -280,6 +321,12 @@ impl<const SIGNED: bool, S: Scales> Group for Bytes8<SIGNED, S> {
         scales: S::ZERO,
     };
 
+    fn dequantize_row(&self, j: usize, _sub: usize) -> [f32; QK] {
+        dequantize_block_row(self, j)
+    }
+}
+
+impl<const SIGNED: bool, S: Scales> BlockGroup for Bytes8<SIGNED, S> {
     fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
         debug_assert!(q.iter().all(|&q| if SIGNED {
             i8::try_from(q).is_ok()
@@ -304,4 +351,161 @@ impl<const SIGNED: bool, S: Scales> Group for Bytes8<SIGNED, S> {
     fn scales(&self) -> &S {
         &self.scales
     }
+}
+
+/// A Q4_K super-block of 8 rows: its 8 blocks' nibbles laid out as [`Nibbles8`] lays out one,
+/// their 6-bit scales and mins as bytes, and per row the super-block's scale `d` and negated
+/// min scale `-dmin` (the file's f16 values): block `sub` of row `j` is
+/// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q4KGroup {
+    pub qs: [[u8; 128]; 8],
+    /// `[block][row]`.
+    pub sc: [[u8; ROWS]; 8],
+    pub m: [[u8; ROWS]; 8],
+    pub d: [f32; ROWS],
+    pub neg_dmin: [f32; ROWS],
+}
+
+impl Group for Q4KGroup {
+    type Scales = F32Dm;
+    const ZERO: Self = Self {
+        qs: [[0; 128]; 8],
+        sc: [[0; ROWS]; 8],
+        m: [[0; ROWS]; 8],
+        d: [0.0; ROWS],
+        neg_dmin: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let d = self.d[j] * f32::from(self.sc[sub][j]);
+        let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
+        std::array::from_fn(|k| (nibble_of(&self.qs[sub], j, k) as f32).mul_add(d, m))
+    }
+}
+
+impl Q4KGroup {
+    /// A matrix of `rows` rows of Q4_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q4_k_parts, Q4_K_BYTES};
+        super_block_groups(bytes, rows, Q4_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q4_k_parts(b);
+            group.d[j] = parts.d;
+            group.neg_dmin[j] = -parts.dmin;
+            for sub in 0..8 {
+                (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
+                for (k, &q) in parts.q[sub].iter().enumerate() {
+                    set_nibble(&mut group.qs[sub], j, k, q);
+                }
+            }
+        })
+    }
+}
+
+/// A Q6_K super-block of 8 rows: the low 4 bits of its 8 blocks laid out as [`Nibbles8`] lays
+/// out one; their high 2 bits, load `h` (bytes `32h..32h + 32`) of a block holding, in 16-bit
+/// lane `2j + e`, bits `2s..2s + 2`, those of weight `2r + e` of row `j` for register
+/// `r = 8h + s`; the 8-bit scales of each 16 weights; and per row the super-block's scale `d`
+/// (the file's f16). Weight `k` of block `sub` is `d·sc[2 sub + k / 16] · (q − 32)`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q6KGroup {
+    /// Each block's bits together, so that the weights are read in one stream.
+    pub blocks: [Q6Bits; 8],
+    /// `[2 · block + half][row]`.
+    pub sc: [[i8; ROWS]; 16],
+    pub d: [f32; ROWS],
+}
+
+/// The bits of one block of a [`Q6KGroup`]: the low 4 bits as [`Nibbles8`] lays them out, the
+/// high 2 bits of register `8h + s` at bits `2s..2s + 2` of load `h` of `qh`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q6Bits {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+}
+
+/// Byte and shift of the high 2 bits of weight `k` of row `j` in [`Q6Bits::qh`].
+fn high_bits_at(j: usize, k: usize) -> (usize, u32) {
+    let (r, e) = (k / 2, k % 2);
+    let (h, s) = (r / 8, r % 8);
+    (32 * h + 2 * (2 * j + e) + s / 4, 2 * (s % 4) as u32)
+}
+
+impl Group for Q6KGroup {
+    type Scales = F32Split;
+    const ZERO: Self = Self {
+        blocks: [Q6Bits {
+            ql: [0; 128],
+            qh: [0; 64],
+        }; 8],
+        sc: [[0; ROWS]; 16],
+        d: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let scale = |half: usize| self.d[j] * f32::from(self.sc[2 * sub + half][j]);
+        let (lo, hi) = (scale(0), scale(1));
+        std::array::from_fn(|k| {
+            let (byte, shift) = high_bits_at(j, k);
+            let high = i32::from((self.blocks[sub].qh[byte] >> shift) & 3);
+            let q = (nibble_of(&self.blocks[sub].ql, j, k) | (high << 4)) - 32;
+            (q as f32).mul_add(if k < 16 { lo } else { hi }, 0.0)
+        })
+    }
+}
+
+impl Q6KGroup {
+    /// A matrix of `rows` rows of Q6_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q6_k_parts, Q6_K_BYTES};
+        super_block_groups(bytes, rows, Q6_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q6_k_parts(b);
+            group.d[j] = parts.d;
+            for (half, &sc) in parts.scales.iter().enumerate() {
+                group.sc[half][j] = sc;
+            }
+            for (sub, q) in parts.q.iter().enumerate() {
+                for (k, &q) in q.iter().enumerate() {
+                    set_nibble(&mut group.blocks[sub].ql, j, k, q & 0x0F);
+                    let (byte, shift) = high_bits_at(j, k);
+                    group.blocks[sub].qh[byte] |= (q >> 4) << shift;
+                }
+            }
+        })
+    }
+}
+
+/// `rows` rows of K-quant super-blocks of `size` bytes (`bytes`, row-major) as
+/// `ceil(rows / 8) × (super-blocks per row)` groups, each set row by row by `set(group, j,
+/// super-block bytes)`, group rows in parallel.
+fn super_block_groups<G: Group>(
+    bytes: &[u8],
+    rows: usize,
+    size: usize,
+    set: impl Fn(&mut G, usize, &[u8]) + Sync,
+) -> Vec<G> {
+    use rayon::prelude::*;
+    let per_row = bytes.len() / size / rows.max(1);
+    let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * per_row];
+    if per_row == 0 {
+        return groups;
+    }
+    groups
+        .par_chunks_mut(per_row)
+        .zip(bytes.par_chunks(ROWS * per_row * size))
+        .for_each(|(groups, bytes)| {
+            for (j, row) in bytes.chunks_exact(per_row * size).enumerate() {
+                for (group, b) in groups.iter_mut().zip(row.chunks_exact(size)) {
+                    set(group, j, b);
+                }
+            }
+        });
+    groups
 }

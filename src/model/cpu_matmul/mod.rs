@@ -50,7 +50,10 @@ use super::team::SharedOut;
 use blocks::{
     BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, IntBlock, QK, QK_K,
 };
-use groups::{interleave, Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, F16D, ROWS};
+use groups::{
+    interleave, BlockGroup, Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Q4KGroup, Q6KGroup,
+    F16D, ROWS,
+};
 
 pub use avx2::available as avx2_available;
 #[cfg(target_arch = "x86_64")]
@@ -82,12 +85,14 @@ enum Packed {
     Q8_0(Vec<Bytes8<true, F16D>>),
     /// Q5_1: 5-bit weights as unsigned bytes, f16 scale and offset.
     Q5_1(Vec<Bytes8<false, F16Dm>>),
-    /// Q4_K split into Q4_1 blocks.
-    Q4K(Vec<Nibbles8<F32Dm>>),
+    /// Q4_K super-blocks, 8 rows each.
+    Q4K(Vec<Q4KGroup>),
     /// Q5_K split into blocks of 32.
     Q5K(Vec<Bytes8<false, F32Dm>>),
-    /// Q6_K and Q3_K split into blocks of 32, a scale per 16 weights.
-    Q6K(Vec<Bytes8<true, F32Split>>),
+    /// Q6_K super-blocks, 8 rows each.
+    Q6K(Vec<Q6KGroup>),
+    /// Q3_K split into blocks of 32, a scale per 16 weights.
+    Q3K(Vec<Bytes8<true, F32Split>>),
 }
 
 /// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`]): the
@@ -126,6 +131,7 @@ macro_rules! with_groups {
             Packed::Q4K($g) => $body,
             Packed::Q5K($g) => $body,
             Packed::Q6K($g) => $body,
+            Packed::Q3K($g) => $body,
         }
     };
 }
@@ -177,13 +183,13 @@ pub struct CpuQMatMul {
 }
 
 /// File blocks of a `rows`-row matrix, as groups.
-fn decode<B: FileBlock + Sync, G: Group>(bytes: &[u8], rows: usize) -> Vec<G> {
+fn decode<B: FileBlock + Sync, G: BlockGroup>(bytes: &[u8], rows: usize) -> Vec<G> {
     let blocks: Vec<B> = bytes.chunks_exact(B::BYTES).map(B::read).collect();
     interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
 
 /// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`, as groups.
-fn decode_k<B: IntBlock + Sync, G: Group>(
+fn decode_k<B: IntBlock + Sync, G: BlockGroup>(
     bytes: &[u8],
     rows: usize,
     size: usize,
@@ -211,30 +217,20 @@ impl CpuQMatMul {
             GgmlDType::Q5_0 => Packed::Q8_0(decode::<BlockQ5_0, _>(&data, rows)),
             GgmlDType::Q5_1 => Packed::Q5_1(decode::<BlockQ5_1, _>(&data, rows)),
             GgmlDType::Q8_0 => Packed::Q8_0(decode::<BlockQ8_0, _>(&data, rows)),
-            GgmlDType::Q3K => Packed::Q6K(decode_k(
+            GgmlDType::Q3K => Packed::Q3K(decode_k(
                 &data,
                 rows,
                 blocks::Q3_K_BYTES,
                 blocks::q3_k_blocks,
             )),
-            GgmlDType::Q4K => Packed::Q4K(decode_k(
-                &data,
-                rows,
-                blocks::Q4_K_BYTES,
-                blocks::q4_k_blocks,
-            )),
+            GgmlDType::Q4K => Packed::Q4K(Q4KGroup::matrix(&data, rows)),
             GgmlDType::Q5K => Packed::Q5K(decode_k(
                 &data,
                 rows,
                 blocks::Q5_K_BYTES,
                 blocks::q5_k_blocks,
             )),
-            GgmlDType::Q6K => Packed::Q6K(decode_k(
-                &data,
-                rows,
-                blocks::Q6_K_BYTES,
-                blocks::q6_k_blocks,
-            )),
+            GgmlDType::Q6K => Packed::Q6K(Q6KGroup::matrix(&data, rows)),
             _ => return Ok(None),
         };
         Ok(Some(Self {
@@ -289,18 +285,32 @@ impl CpuQMatMul {
 
     /// [`Self::run_range`] with every row (quantized as `x8`) through [`prompt8`].
     #[cfg(target_arch = "x86_64")]
-    fn run_int8<S: avx2::Avx2Scales>(
+    fn run_int8<G: avx2::Avx2Nibbles>(
         &self,
-        w: &[Nibbles8<S>],
+        w: &[G],
         x8: &Rows8,
         y: SharedOut,
         stride: usize,
         range: (usize, usize),
     ) {
-        let tile = |groups: &[Nibbles8<S>], r0: usize, t: usize, out: &mut [f32]| {
-            // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
-            // r0..r0 + t.
-            with_tile_rows!(t, T => unsafe { prompt8::tile::<S, T>(groups, x8, r0, out) })
+        // The scale vectors of the chunk of weights the tiles pass, once per chunk when
+        // several tiles pass it.
+        let (mut scales, mut scales_of) = (Vec::new(), std::ptr::null());
+        let several = x8.len() > MAX_TILE;
+        let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
+            if several && scales_of != groups.as_ptr() {
+                // SAFETY: x8 exists only where AVX2, FMA and F16C were detected.
+                unsafe { prompt8::scale_vectors(groups, &mut scales) };
+                scales_of = groups.as_ptr();
+            }
+            // SAFETY: as above; x8 holds rows r0..r0 + t; scales are those of groups.
+            with_tile_rows!(t, T => unsafe {
+                if several {
+                    prompt8::tile::<G, T, true>(groups, &scales, x8, r0, out)
+                } else {
+                    prompt8::tile::<G, T, false>(groups, &[], x8, r0, out)
+                }
+            })
         };
         for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
     }
@@ -358,17 +368,17 @@ fn for_each_tile<G: Group>(
     stride: usize,
     mut tile: impl FnMut(&[G], usize, usize, &mut [f32]),
 ) {
-    let nb = cols / QK;
+    let per_row = cols / QK / G::SUBS;
     let mut scratch = [0f32; W_CHUNK * MAX_TILE];
     debug_assert!(o0.is_multiple_of(ROWS));
     let mut c0 = o0;
     while c0 < o1 {
         let c1 = (c0 + W_CHUNK).min(o1);
-        let groups = &w[c0 / ROWS * nb..c1.div_ceil(ROWS) * nb];
+        let groups = &w[c0 / ROWS * per_row..c1.div_ceil(ROWS) * per_row];
         let mut r0 = 0;
         while r0 < rows {
             let t = (rows - r0).min(MAX_TILE);
-            let scratch = &mut scratch[..groups.len() / nb * t * ROWS];
+            let scratch = &mut scratch[..groups.len() / per_row * t * ROWS];
             tile(groups, r0, t, scratch);
             for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
                 for (i, vals) in vals.chunks_exact(ROWS).enumerate() {
@@ -495,13 +505,14 @@ fn compute_tile<G: Kernel>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = x16;
-    let nb = cols / QK;
-    for (g, row) in groups.chunks_exact(nb).enumerate() {
+    let per_row = cols / QK / G::SUBS;
+    for (g, row) in groups.chunks_exact(per_row).enumerate() {
         for (i, x_row) in x.chunks_exact(cols).enumerate() {
             for j in 0..ROWS {
                 let mut sum = 0f32;
-                for (group, xb) in row.iter().zip(x_row.chunks_exact(QK)) {
-                    for (w, x) in group.dequantize_row(j).iter().zip(xb) {
+                for (b, xb) in x_row.chunks_exact(QK).enumerate() {
+                    let w = row[b / G::SUBS].dequantize_row(j, b % G::SUBS);
+                    for (w, x) in w.iter().zip(xb) {
                         sum = x.mul_add(*w, sum);
                     }
                 }
@@ -602,23 +613,23 @@ mod tests {
         if !avx2_available() {
             return;
         }
-        fn check<G: Kernel>(groups: &[G], nb: usize, dtype: GgmlDType) {
+        fn check<G: Kernel>(groups: &[G], cols: usize, dtype: GgmlDType) {
+            let n = cols / QK / G::SUBS;
             // Group rows 4 (full) and 4..5 (the last, 37 = 4·8 + 5 rows).
-            for range in [2 * nb..4 * nb, 4 * nb..5 * nb] {
-                let mut want = vec![1f32; nb * QK * gemm::NR];
+            for range in [2 * n..4 * n, 4 * n..5 * n] {
+                let mut want = vec![1f32; cols * gemm::NR];
                 let mut got = want.clone();
                 want.fill(0.0);
-                gemm::pack_portable(&groups[range.clone()], nb, &mut want);
+                gemm::pack_portable(&groups[range.clone()], n, &mut want);
                 got.fill(0.0);
                 // SAFETY: AVX2 and FMA were detected above.
-                unsafe { gemm::pack_avx2(&groups[range.clone()], nb, &mut got) };
+                unsafe { gemm::pack_avx2(&groups[range.clone()], n, &mut got) };
                 assert!(got == want, "{dtype:?} groups {range:?}");
             }
         }
         for dtype in TYPES {
             let k = packed_blocks(dtype);
-            let nb = k.in_features / QK;
-            with_groups!(&*k.packed, g => check(g, nb, dtype))
+            with_groups!(&*k.packed, g => check(g, k.in_features, dtype))
         }
     }
 
@@ -626,11 +637,9 @@ mod tests {
     /// split into blocks of 32; 9 rows, so the last group has missing rows).
     #[test]
     fn groups_dequantize_like_candle() {
-        fn rows<G: Group>(groups: &[G], rows: usize, nb: usize) -> Vec<f32> {
+        fn rows<G: Group>(groups: &[G], rows: usize, cols: usize) -> Vec<f32> {
             (0..rows)
-                .flat_map(|o| {
-                    (0..nb).flat_map(move |b| groups[o / ROWS * nb + b].dequantize_row(o % ROWS))
-                })
+                .flat_map(|o| groups::row_weights(groups, o, cols))
                 .collect()
         }
         let dev = Device::Cpu;
@@ -639,8 +648,7 @@ mod tests {
             let qw = QTensor::quantize(&w, dtype).unwrap();
             let want = candle_weights(&qw);
             let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
-            let nb = 512 / QK;
-            let got: Vec<f32> = with_groups!(&*k.packed, g => rows(g, 9, nb));
+            let got: Vec<f32> = with_groups!(&*k.packed, g => rows(g, 9, 512));
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 // ggml computes d·q − m with a separate multiply; ours is one FMA.
@@ -705,15 +713,10 @@ mod tests {
     #[test]
     fn portable_decode_tiles_are_exact_f32_sums() {
         fn check<G: Kernel>(groups: &[G], rows: usize, cols: usize, dtype: GgmlDType) {
-            let nb = cols / QK;
-            let weights = |o: usize| -> Vec<f32> {
-                (0..nb)
-                    .flat_map(|b| groups[o / ROWS * nb + b].dequantize_row(o % ROWS))
-                    .collect()
-            };
+            let weights = |o: usize| groups::row_weights(groups, o, cols);
             for t in 1..=MAX_TILE {
                 let x = random(t * cols, 40 + t as u64);
-                let mut out = vec![f32::NAN; groups.len() / nb * t * ROWS];
+                let mut out = vec![f32::NAN; groups.len() / (cols / QK / G::SUBS) * t * ROWS];
                 compute_tile(groups, cols, &x, None, &mut out);
                 for o in 0..rows {
                     let w = weights(o);
@@ -730,6 +733,94 @@ mod tests {
             let (rows, cols) = (k.out_features, k.in_features);
             with_groups!(&*k.packed, g => check(g, rows, cols, dtype))
         }
+    }
+
+    /// Q4_K and Q6_K held whole per super-block, their scales as bytes ([`Q4KGroup`],
+    /// [`Q6KGroup`]), give the same bits in every kernel as their blocks with the scales
+    /// multiplied out in f32 (their form before, 1.33× and 1.52× the file's bytes instead of
+    /// 1.06× and 1.01×).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn whole_super_blocks_equal_their_blocks_with_f32_scales() {
+        if !avx2_available() {
+            return;
+        }
+        let (out, cols) = (37usize, 768);
+        let padded = out.div_ceil(ROWS) * ROWS;
+        let w = Tensor::from_vec(random(out * cols, 21), (out, cols), &Device::Cpu).unwrap();
+        let x = random(4 * cols, 22);
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        let (x16, x8) = unsafe { (Rows16::quantize(&x, cols), Rows8::quantize(&x, cols)) };
+        let data = |dtype| {
+            QTensor::quantize(&w, dtype)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec()
+        };
+
+        let q4k = data(GgmlDType::Q4K);
+        let whole = Q4KGroup::matrix(&q4k, out);
+        let blocks: Vec<Nibbles8<F32Dm>> =
+            decode_k(&q4k, out, blocks::Q4_K_BYTES, blocks::q4_k_blocks);
+        // 152 bytes per row and super-block (rows padded to 8), the file's 144.
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 152);
+        assert_eq!(q4k.len(), out * cols / QK_K * blocks::Q4_K_BYTES);
+        same_bits(&whole, &blocks, cols, &x, &x16);
+        for t in 1..=MAX_TILE {
+            let (mut a, mut b) = (vec![0f32; 5 * ROWS * t], vec![0f32; 5 * ROWS * t]);
+            let (mut sa, mut sb) = (Vec::new(), Vec::new());
+            // SAFETY: as above; x8 holds 4 rows.
+            with_tile_rows!(t, T => unsafe {
+                prompt8::scale_vectors(&whole, &mut sa);
+                prompt8::scale_vectors(&blocks, &mut sb);
+                prompt8::tile::<_, T, true>(&whole, &sa, &x8, 0, &mut a);
+                prompt8::tile::<_, T, false>(&blocks, &[], &x8, 0, &mut b);
+            });
+            assert!(a == b, "8-bit tile of {t} rows");
+        }
+
+        let q6k = data(GgmlDType::Q6K);
+        let whole = Q6KGroup::matrix(&q6k, out);
+        let blocks: Vec<Bytes8<true, F32Split>> =
+            decode_k(&q6k, out, blocks::Q6_K_BYTES, blocks::q6_k_blocks);
+        // 212 bytes per row and super-block, the file's 210.
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 212);
+        same_bits(&whole, &blocks, cols, &x, &x16);
+    }
+
+    /// Decode tiles of 1-4 rows and prompt-row panels of `whole` equal those of `blocks`.
+    #[cfg(target_arch = "x86_64")]
+    fn same_bits<W: Kernel, B: Kernel>(
+        whole: &[W],
+        blocks: &[B],
+        cols: usize,
+        x: &[f32],
+        x16: &Rows16,
+    ) {
+        let name = std::any::type_name::<W>();
+        for t in 1..=MAX_TILE {
+            let tile = |y: &mut Vec<f32>, held_whole: bool| {
+                let x = &x[..t * cols];
+                if held_whole {
+                    compute_tile(whole, cols, x, Some((x16, 0)), y)
+                } else {
+                    compute_tile(blocks, cols, x, Some((x16, 0)), y)
+                }
+            };
+            let (mut a, mut b) = (vec![0f32; 5 * t * ROWS], vec![0f32; 5 * t * ROWS]);
+            tile(&mut a, true);
+            tile(&mut b, false);
+            assert!(a == b, "{name}: decode tile of {t} rows");
+        }
+        let (mut a, mut b) = (vec![0f32; cols * gemm::NR], vec![0f32; cols * gemm::NR]);
+        let (n_whole, n_blocks) = (cols / QK_K, cols / QK);
+        // SAFETY: AVX2, FMA and F16C were detected by the caller.
+        unsafe {
+            gemm::pack_avx2(&whole[2 * n_whole..4 * n_whole], n_whole, &mut a);
+            gemm::pack_avx2(&blocks[2 * n_blocks..4 * n_blocks], n_blocks, &mut b);
+        }
+        assert!(a == b, "{name}: prompt-row panels");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! widen — about twice the multiply-adds per instruction of the 16-bit decode kernel and
 //! four times f32 FMA. llama.cpp's CPU kernels round activations to 8 bits the same way.
 //!
-//! The weights stay in their [`Nibbles8`] groups: masking a load's low nibbles gives, in the
+//! The weights stay in their [`Nibbles8`](super::groups::Nibbles8) layout (Q4_K's
+//! [`Q4KGroup`](super::groups::Q4KGroup) blocks too): masking a load's low nibbles gives, in the
 //! 32-bit lane of row `j`, that row's weights `8l + [0, 4, 1, 5]`, the high nibbles weights
 //! `8l + [2, 6, 3, 7]`; the activations are stored in that order ([`PERMUTATION`]) so each
 //! product is one broadcast of four bytes. A row's result depends only on its own values, so
@@ -14,9 +15,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::Avx2Scales;
+use super::avx2::Avx2Nibbles;
 use super::blocks::QK;
-use super::groups::Nibbles8;
 
 /// Largest 8-bit activation: `x ≈ d · q` with `|q| <= Q_MAX`.
 const Q_MAX: f32 = 127.0;
@@ -86,50 +86,82 @@ impl Rows8 {
     }
 }
 
+/// Each block's scales and offsets of the 8 rows ([`Avx2Group::scale_vectors`]) of `groups`,
+/// in order, into `out`: computed once for all the tiles of rows that pass a chunk of weights.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scale_vectors<G: Avx2Nibbles>(groups: &[G], out: &mut Vec<[__m256; 2]>) {
+    out.clear();
+    for group in groups {
+        for sub in 0..G::SUBS {
+            let (d, _, m) = group.scale_vectors(sub);
+            out.push([d, m]);
+        }
+    }
+}
+
 /// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
-/// `groups` (each `cols / 32` groups), for `T` rows.
+/// `groups` (each `cols / 32 / G::SUBS` groups), for `T` rows; with `CACHED`, `scales` are
+/// [`scale_vectors`] of `groups` (for several tiles of rows passing the same weights);
+/// without, they are computed here, on the way through the weights rather than in a pass of
+/// their own, and `scales` is empty. Two variants, so that neither holds the other's
+/// registers.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `x` holds rows `r0..r0 + T`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile<S: Avx2Scales, const T: usize>(
-    groups: &[Nibbles8<S>],
+pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
+    groups: &[G],
+    scales: &[[__m256; 2]],
     x: &Rows8,
     r0: usize,
     out: &mut [f32],
 ) {
     let cols = x.cols;
     let nb = cols / QK;
-    debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(nb));
-    debug_assert!(out.len() >= groups.len() / nb * T * 8);
+    let per_row = nb / G::SUBS;
+    debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(per_row));
+    debug_assert!(out.len() >= groups.len() / per_row * T * 8);
+    debug_assert!(!CACHED || scales.len() == groups.len() * G::SUBS);
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let sum = x.sum.as_ptr().add(r0 * nb);
     let nibble = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    for (g, row) in groups.chunks_exact(nb).enumerate() {
+    for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
-        for (b, group) in row.iter().enumerate() {
-            let mut pairs = [_mm256_setzero_si256(); T];
-            for l in 0..4 {
-                let v = _mm256_load_si256(group.qs.as_ptr().add(32 * l) as *const __m256i);
-                let lo = _mm256_and_si256(v, nibble);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-                for (t, pairs) in pairs.iter_mut().enumerate() {
-                    let a = q.add(t * cols + b * QK + 8 * l) as *const i32;
-                    let a_lo = _mm256_set1_epi32(a.read_unaligned());
-                    let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
-                    *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
-                    *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
+        for (i, group) in row.iter().enumerate() {
+            for sub in 0..G::SUBS {
+                let b = i * G::SUBS + sub;
+                let mut pairs = [_mm256_setzero_si256(); T];
+                for l in 0..4 {
+                    let v = group.load(sub, l);
+                    let lo = _mm256_and_si256(v, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+                    for (t, pairs) in pairs.iter_mut().enumerate() {
+                        let a = q.add(t * cols + b * QK + 8 * l) as *const i32;
+                        let a_lo = _mm256_set1_epi32(a.read_unaligned());
+                        let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
+                        *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
+                        *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
+                    }
                 }
-            }
-            let (dw, m) = (group.scales.d(), group.scales.m());
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs[t], ones));
-                let da = _mm256_set1_ps(*d.add(t * nb + b));
-                *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
-                *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(*sum.add(t * nb + b)), *acc);
+                let [dw, m] = if CACHED {
+                    *scales.get_unchecked((g * per_row + i) * G::SUBS + sub)
+                } else {
+                    let (d, _, m) = group.scale_vectors(sub);
+                    [d, m]
+                };
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs[t], ones));
+                    let da = _mm256_set1_ps(*d.add(t * nb + b));
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
+                    *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(*sum.add(t * nb + b)), *acc);
+                }
             }
         }
         for (t, acc) in acc.iter().enumerate() {
