@@ -294,9 +294,10 @@ impl CpuQMatMul {
         range: (usize, usize),
     ) {
         // The scale vectors of the chunk of weights the tiles pass, once per chunk when
-        // several tiles pass it.
+        // many tiles pass it (a pass of their own over the chunk costs more than computing
+        // them again for a few).
         let (mut scales, mut scales_of) = (Vec::new(), std::ptr::null());
-        let several = x8.len() > MAX_TILE;
+        let several = x8.len() > 4 * MAX_TILE;
         let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
             if several && scales_of != groups.as_ptr() {
                 // SAFETY: x8 exists only where AVX2, FMA and F16C were detected.

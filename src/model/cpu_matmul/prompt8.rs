@@ -135,6 +135,18 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
+            // Without CACHED, a super-block's scale vectors computed before its blocks: they
+            // wait in L1 instead of taking registers through the products.
+            let ahead = !CACHED && G::SUBS > 1;
+            let mut own = [[_mm256_setzero_ps(); 2]; 8];
+            if ahead {
+                for (sub, s) in own.iter_mut().enumerate().take(G::SUBS) {
+                    let (d, _, m) = group.scale_vectors(sub);
+                    *s = [d, m];
+                }
+            }
+            // (`sub` also picks the block's weights and activations.)
+            #[allow(clippy::needless_range_loop)]
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
                 let mut pairs = [_mm256_setzero_si256(); T];
@@ -152,6 +164,8 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
                 }
                 let [dw, m] = if CACHED {
                     *scales.get_unchecked((g * per_row + i) * G::SUBS + sub)
+                } else if ahead {
+                    own[sub]
                 } else {
                     let (d, _, m) = group.scale_vectors(sub);
                     [d, m]
