@@ -1,7 +1,7 @@
 //! Weight blocks of 32, decoded from GGUF bytes once at load time: Q4_0, Q4_1 and Q8_0 as they
 //! are, Q5_0 and Q5_1 with their fifth bits joined to the nibbles, and the 256-weight
-//! super-blocks of Q3_K, Q4_K, Q5_K and Q6_K split exactly into blocks of 32 (a Q4_K sub-block
-//! is a Q4_1 block with its scale and min multiplied out).
+//! super-blocks of Q3_K and Q5_K split exactly into blocks of 32; Q4_K and Q6_K super-blocks in
+//! their parts (weights, scales), which their groups keep whole.
 
 use half::f16;
 
