@@ -147,6 +147,23 @@ unsafe fn nibble_registers(v: __m256i) -> [__m256i; 4] {
     ]
 }
 
+/// The scale vectors ([`Avx2Group::scale_vectors`]: scales of weights 0..16 and 16..32,
+/// offsets) of each block of a super-block group (into the first `G::SUBS`), computed before its
+/// blocks are read: they wait in L1 instead of taking registers through the products
+/// (measured faster for tiles of 1 and of 4 rows).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub unsafe fn block_scales<G: Avx2Group>(group: &G, scales: &mut [[__m256; 3]; 8]) {
+    for (sub, s) in scales.iter_mut().enumerate().take(G::SUBS) {
+        let (d, d_hi, m) = group.scale_vectors(sub);
+        *s = [d, d_hi, m];
+    }
+}
+
 // (No closures in the target-feature functions here: a closure does not inherit the
 // features, so its intrinsics would be calls.)
 

@@ -15,7 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{quantize_block, Avx2Group, REGS};
+use super::avx2::{block_scales, quantize_block, Avx2Group, REGS};
 use super::blocks::QK;
 use super::groups::Scales;
 
@@ -95,16 +95,11 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            // A super-block's scale vectors, computed before its blocks: they wait in L1
-            // instead of taking registers through the products (measured faster for tiles
-            // of 1 and of 4 rows).
+            // A super-block's scale vectors, ahead of its blocks ([`block_scales`]).
             let ahead = G::SUBS > 1;
             let mut scales = [[_mm256_setzero_ps(); 3]; 8];
             if ahead {
-                for (sub, s) in scales.iter_mut().enumerate().take(G::SUBS) {
-                    let (d, d_hi, m) = group.scale_vectors(sub);
-                    *s = [d, d_hi, m];
-                }
+                block_scales(group, &mut scales);
             }
             // (`sub` also picks the block's weights and activations.)
             #[allow(clippy::needless_range_loop)]

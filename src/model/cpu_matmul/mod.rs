@@ -296,13 +296,12 @@ impl CpuQMatMul {
         // The scale vectors of the chunk of weights the tiles pass, once per chunk when
         // many tiles pass it (a pass of their own over the chunk costs more than computing
         // them again for a few).
-        let (mut scales, mut scales_of) = (Vec::new(), std::ptr::null());
+        let mut scales = Vec::new();
         let several = x8.len() > 4 * MAX_TILE;
         let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
-            if several && scales_of != groups.as_ptr() {
+            if several && r0 == 0 {
                 // SAFETY: x8 exists only where AVX2, FMA and F16C were detected.
                 unsafe { prompt8::scale_vectors(groups, &mut scales) };
-                scales_of = groups.as_ptr();
             }
             // SAFETY: as above; x8 holds rows r0..r0 + t; scales are those of groups.
             with_tile_rows!(t, T => unsafe {
@@ -358,7 +357,8 @@ impl CpuQMatMul {
 
 /// Output columns `o0..o1` of `rows` activation rows into `y` (row stride `stride`): weight
 /// rows in L1-sized chunks, every tile of up to [`MAX_TILE`] activation rows streaming past
-/// them; `tile(groups, r0, t, out)` computes rows `r0..r0 + t` against `groups` into `out`,
+/// them (a chunk's tiles in order from row 0); `tile(groups, r0, t, out)` computes rows
+/// `r0..r0 + t` against `groups` into `out`,
 /// `out[(g * t + i) * 8 + j]` being output column `8g + j` (of the chunk) of row `r0 + i`.
 fn for_each_tile<G: Group>(
     w: &[G],

@@ -15,7 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::Avx2Nibbles;
+use super::avx2::{block_scales, Avx2Nibbles};
 use super::blocks::QK;
 
 /// Largest 8-bit activation: `x ≈ d · q` with `|q| <= Q_MAX`.
@@ -135,15 +135,12 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            // Without CACHED, a super-block's scale vectors computed before its blocks: they
-            // wait in L1 instead of taking registers through the products.
+            // Without CACHED, a super-block's scale vectors ahead of its blocks
+            // ([`block_scales`]).
             let ahead = !CACHED && G::SUBS > 1;
-            let mut own = [[_mm256_setzero_ps(); 2]; 8];
+            let mut own = [[_mm256_setzero_ps(); 3]; 8];
             if ahead {
-                for (sub, s) in own.iter_mut().enumerate().take(G::SUBS) {
-                    let (d, _, m) = group.scale_vectors(sub);
-                    *s = [d, m];
-                }
+                block_scales(group, &mut own);
             }
             // (`sub` also picks the block's weights and activations.)
             #[allow(clippy::needless_range_loop)]
@@ -165,7 +162,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
                 let [dw, m] = if CACHED {
                     *scales.get_unchecked((g * per_row + i) * G::SUBS + sub)
                 } else if ahead {
-                    own[sub]
+                    [own[sub][0], own[sub][2]]
                 } else {
                     let (d, _, m) = group.scale_vectors(sub);
                     [d, m]
