@@ -192,6 +192,7 @@ fn synthetic_variants_load_and_run() {
     }
     // K-quants need rows of 256.
     for dtype in [
+        GgmlDType::Q2K,
         GgmlDType::Q3K,
         GgmlDType::Q4K,
         GgmlDType::Q5K,

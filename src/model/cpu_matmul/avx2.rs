@@ -9,9 +9,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 #[cfg(target_arch = "x86_64")]
-use super::groups::{
-    Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Q4KGroup, Q6KGroup, Scales, F16D,
-};
+use super::groups::{Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Scales, F16D};
+#[cfg(target_arch = "x86_64")]
+use super::super_blocks::{Q2KGroup, Q3KGroup, Q4KGroup, Q5KGroup, Q6KGroup};
 
 /// Registers per group: weights `2r, 2r + 1` of the 8 rows for `r` in `0..REGS`.
 pub const REGS: usize = 16;
@@ -30,12 +30,12 @@ pub trait Avx2Group: Group {
     /// The CPU must support AVX2; `l < REGS / PER_LOAD`, `sub < SUBS`.
     unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4];
 
-    /// Block `sub`'s scales of the 8 rows for weights 0..16 and 16..32, and their offsets
-    /// (zero without).
+    /// Block `sub`'s scales of the 8 rows for weights 0..16 and 16..32, and their offsets for
+    /// weights 0..16 and 16..32 (zero without; the same twice unless [`Scales::SPLIT`]).
     ///
     /// # Safety
     /// The CPU must support AVX2 and F16C; `sub < SUBS`.
-    unsafe fn scale_vectors(&self, sub: usize) -> (__m256, __m256, __m256);
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4];
 }
 
 /// AVX2 loads of a group's scales and offsets, as 8 f32 lanes (one per row).
@@ -128,8 +128,9 @@ impl Avx2Scales for F32Split {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn vectors<S: Avx2Scales>(s: &S) -> (__m256, __m256, __m256) {
-    (s.d(), s.d_hi(), s.m())
+unsafe fn vectors<S: Avx2Scales>(s: &S) -> [__m256; 4] {
+    let m = s.m();
+    [s.d(), s.d_hi(), m, m]
 }
 
 /// The four registers of a load of 4-bit weights in the [`Nibbles8`] layout: 16-bit lane
@@ -157,10 +158,9 @@ unsafe fn nibble_registers(v: __m256i) -> [__m256i; 4] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub unsafe fn block_scales<G: Avx2Group>(group: &G, scales: &mut [[__m256; 3]; 8]) {
+pub unsafe fn block_scales<G: Avx2Group>(group: &G, scales: &mut [[__m256; 4]; 8]) {
     for (sub, s) in scales.iter_mut().enumerate().take(G::SUBS) {
-        let (d, d_hi, m) = group.scale_vectors(sub);
-        *s = [d, d_hi, m];
+        *s = group.scale_vectors(sub);
     }
 }
 
@@ -236,7 +236,7 @@ impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn scale_vectors(&self, _sub: usize) -> (__m256, __m256, __m256) {
+    unsafe fn scale_vectors(&self, _sub: usize) -> [__m256; 4] {
         vectors(&self.scales)
     }
 }
@@ -254,10 +254,10 @@ impl Avx2Group for Q4KGroup {
     /// `d·sc` and `(−dmin)·m` of the 8 rows, exact products as the file's dequantization has.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn scale_vectors(&self, sub: usize) -> (__m256, __m256, __m256) {
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
         let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
         let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
-        (d, d, m)
+        [d, d, m, m]
     }
 }
 
@@ -298,11 +298,172 @@ impl Avx2Group for Q6KGroup {
     /// `d·sc` of the 8 rows for each half of block `sub`, exact products.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn scale_vectors(&self, sub: usize) -> (__m256, __m256, __m256) {
-        let d = _mm256_load_ps(self.d.as_ptr());
-        let lo = _mm256_mul_ps(d, i8x8(&self.sc[2 * sub]));
-        let hi = _mm256_mul_ps(d, i8x8(&self.sc[2 * sub + 1]));
-        (lo, hi, _mm256_setzero_ps())
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
+        split_scales(&self.d, &self.sc[2 * sub], &self.sc[2 * sub + 1])
+    }
+}
+
+/// `d·sc` of the 8 rows for each half of a block, exact products; no offsets.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn split_scales(d: &[f32; 8], lo: &[i8; 8], hi: &[i8; 8]) -> [__m256; 4] {
+    let d = _mm256_loadu_ps(d.as_ptr());
+    let zero = _mm256_setzero_ps();
+    [
+        _mm256_mul_ps(d, i8x8(lo)),
+        _mm256_mul_ps(d, i8x8(hi)),
+        zero,
+        zero,
+    ]
+}
+
+/// The four 2-bit fields of a 16-bit lane's bits `0..8` (registers `s = 0..4` at bits
+/// `2s..2s + 2`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn two_bit_registers(v: __m256i) -> [__m256i; 4] {
+    let mask = _mm256_set1_epi16(3);
+    [
+        _mm256_and_si256(v, mask),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
+    ]
+}
+
+/// Registers `4l..4l + 4` of 2-bit weights laid out as `two_bits_at` in `groups.rs` lays them
+/// out (64 bytes: load `l / 2`, fields `4(l % 2)..4(l % 2) + 4` of each lane).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn two_bits(bytes: &[u8; 64], l: usize) -> [__m256i; 4] {
+    let v = _mm256_load_si256(bytes.as_ptr().add(32 * (l / 2)) as *const __m256i);
+    two_bit_registers(if l.is_multiple_of(2) {
+        v
+    } else {
+        _mm256_srli_epi16::<8>(v)
+    })
+}
+
+/// Bits `4l..4l + 4` of each 16-bit lane of `qh` (one bit per register, `bit_at` in
+/// `groups.rs`) moved to bits `0..4`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn bits_of_load(qh: &[u8; 32], l: usize) -> __m256i {
+    let v = _mm256_load_si256(qh.as_ptr() as *const __m256i);
+    match l {
+        0 => v,
+        1 => _mm256_srli_epi16::<4>(v),
+        2 => _mm256_srli_epi16::<8>(v),
+        _ => _mm256_srli_epi16::<12>(v),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Group for Q5KGroup {
+    const PER_LOAD: usize = 4;
+
+    /// `low | high << 4`: the nibbles as [`Nibbles8`] lays them out, the fifth bit of
+    /// register `r` at bit `r` of each lane of the block's `qh`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        let bits = &self.blocks[sub];
+        let low = nibble_registers(_mm256_load_si256(
+            bits.ql.as_ptr().add(32 * l) as *const __m256i
+        ));
+        let high = bits_of_load(&bits.qh, l);
+        let fifth = _mm256_set1_epi16(0x10);
+        let at_4 = [
+            _mm256_slli_epi16::<4>(high),
+            _mm256_slli_epi16::<3>(high),
+            _mm256_slli_epi16::<2>(high),
+            _mm256_slli_epi16::<1>(high),
+        ];
+        let mut q = low;
+        for (q, at_4) in q.iter_mut().zip(at_4) {
+            *q = _mm256_or_si256(*q, _mm256_and_si256(at_4, fifth));
+        }
+        q
+    }
+
+    /// As [`Q4KGroup`]'s.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
+        let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
+        let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
+        [d, d, m, m]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Group for Q3KGroup {
+    const PER_LOAD: usize = 4;
+
+    /// `(low | high << 2) − 4` from the block's 2-bit fields and third bits.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        let bits = &self.blocks[sub];
+        let low = two_bits(&bits.ql, l);
+        let high = bits_of_load(&bits.qh, l);
+        let third = _mm256_set1_epi16(4);
+        let at_2 = [
+            _mm256_slli_epi16::<2>(high),
+            _mm256_slli_epi16::<1>(high),
+            high,
+            _mm256_srli_epi16::<1>(high),
+        ];
+        let mut q = low;
+        for (q, at_2) in q.iter_mut().zip(at_2) {
+            *q = _mm256_sub_epi16(_mm256_or_si256(*q, _mm256_and_si256(at_2, third)), third);
+        }
+        q
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
+        split_scales(&self.d, &self.sc[2 * sub], &self.sc[2 * sub + 1])
+    }
+}
+
+/// `d·(sc & 15)` and `neg_dmin·(sc >> 4)` of 8 rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scale_and_min(d: &[f32; 8], neg_dmin: &[f32; 8], sc: &[u8; 8]) -> (__m256, __m256) {
+    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
+    let scale = _mm256_and_si256(sc, _mm256_set1_epi32(0x0F));
+    let min = _mm256_srli_epi32::<4>(sc);
+    (
+        _mm256_mul_ps(_mm256_loadu_ps(d.as_ptr()), _mm256_cvtepi32_ps(scale)),
+        _mm256_mul_ps(_mm256_loadu_ps(neg_dmin.as_ptr()), _mm256_cvtepi32_ps(min)),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Group for Q2KGroup {
+    const PER_LOAD: usize = 4;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        two_bits(&self.qs[sub], l)
+    }
+
+    /// `d·(sc & 15)` and `(−dmin)·(sc >> 4)` of the 8 rows for each half of block `sub`,
+    /// exact products.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
+        let (d_lo, m_lo) = scale_and_min(&self.d, &self.neg_dmin, &self.sc[2 * sub]);
+        let (d_hi, m_hi) = scale_and_min(&self.d, &self.neg_dmin, &self.sc[2 * sub + 1]);
+        [d_lo, d_hi, m_lo, m_hi]
     }
 }
 
@@ -331,7 +492,7 @@ impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Bytes8<SIGNED, S> {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn scale_vectors(&self, _sub: usize) -> (__m256, __m256, __m256) {
+    unsafe fn scale_vectors(&self, _sub: usize) -> [__m256; 4] {
         vectors(&self.scales)
     }
 }
@@ -373,6 +534,19 @@ pub unsafe fn quantize_block(p: *const f32, q_max: f32) -> ([__m256i; 4], f32, f
         _mm256_add_ps(v[2], v[3]),
     ));
     (q, amax / q_max, sum)
+}
+
+/// The f32 sums of activations 0..16 and 16..32 of the block at `p`, for offsets of each half.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `p` points at 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn half_sums(p: *const f32) -> [f32; 2] {
+    let lo = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    let hi = _mm256_add_ps(_mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24)));
+    [hsum(lo), hsum(hi)]
 }
 
 /// The largest of the eight lanes.

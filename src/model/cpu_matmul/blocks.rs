@@ -1,7 +1,7 @@
 //! Weight blocks of 32, decoded from GGUF bytes once at load time: Q4_0, Q4_1 and Q8_0 as they
-//! are, Q5_0 and Q5_1 with their fifth bits joined to the nibbles, and the 256-weight
-//! super-blocks of Q3_K and Q5_K split exactly into blocks of 32; Q4_K and Q6_K super-blocks in
-//! their parts (weights, scales), which their groups keep whole.
+//! are, Q5_0 and Q5_1 with their fifth bits joined to the nibbles; the 256-weight super-blocks
+//! of the K-quants (Q2_K … Q6_K) in their parts (weights, scales), which their groups keep
+//! whole.
 
 use half::f16;
 
@@ -187,13 +187,16 @@ impl IntBlock for BlockQ5 {
     }
 }
 
-/// `w = d[i / 16] * q`, q in -32..32 (Q6_K: one scale per 16 weights).
+/// `w = d[i / 16] * q`, one scale per 16 weights (Q6_K's and Q3_K's blocks before they were
+/// held whole; the tests' reference).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
 pub struct BlockQ6 {
     pub d: [f32; 2],
     pub qs: [i8; QK],
 }
 
+#[cfg(test)]
 impl IntBlock for BlockQ6 {
     fn ints(&self) -> ([i32; QK], [f32; 2], f32) {
         (self.qs.map(i32::from), self.d, 0.0)
@@ -213,7 +216,8 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Bytes of a Q3_K, Q4_K, Q5_K and Q6_K super-block.
+/// Bytes of a Q2_K, Q3_K, Q4_K, Q5_K and Q6_K super-block.
+pub const Q2_K_BYTES: usize = 84;
 pub const Q3_K_BYTES: usize = 110;
 pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
@@ -252,7 +256,7 @@ pub fn q4_k_parts(b: &[u8]) -> Q4KParts {
 }
 
 /// A Q4_K super-block as 8 Q4_1 blocks: sub-block `j` is `d·sc_j · q − dmin·m_j` (the form
-/// Q4_K had before [`super::groups::Q4KGroup`]; the tests' reference for it).
+/// Q4_K had before [`super::super_blocks::Q4KGroup`]; the tests' reference for it).
 #[cfg(test)]
 pub fn q4_k_blocks(b: &[u8]) -> [BlockQ4_1; 8] {
     let p = q4_k_parts(b);
@@ -267,57 +271,128 @@ pub fn q4_k_blocks(b: &[u8]) -> [BlockQ4_1; 8] {
     })
 }
 
-/// A Q5_K super-block (`d, dmin: f16; scales: [u8; 12]; qh: [u8; 32]; qs: [u8; 128]`) as 8
-/// blocks: sub-block `j` is `d·sc_j · q − dmin·m_j` with 5-bit `q`.
-pub fn q5_k_blocks(b: &[u8]) -> [BlockQ5; 8] {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
-    std::array::from_fn(|j| {
-        let (sc, m) = scale_min_k4(j, scales);
-        let src = &qs[j / 2 * 32..j / 2 * 32 + 32];
-        BlockQ5 {
-            d: d * f32::from(sc),
-            m: -(dmin * f32::from(m)),
-            qs: std::array::from_fn(|l| {
-                let low = if j % 2 == 0 {
-                    src[l] & 0x0F
-                } else {
-                    src[l] >> 4
-                };
+/// A Q5_K super-block's parts: sub-block `j`'s weight `l` is
+/// `d·scales[j].0 · q[j][l] − dmin·scales[j].1`.
+pub struct Q5KParts {
+    pub d: f32,
+    pub dmin: f32,
+    /// 6-bit scale and min of each sub-block.
+    pub scales: [(u8, u8); 8],
+    /// 5-bit weights of each sub-block.
+    pub q: [[u8; QK]; 8],
+}
+
+/// A Q5_K super-block (`d, dmin: f16; scales: [u8; 12]; qh: [u8; 32]; qs: [u8; 128]`) in parts.
+pub fn q5_k_parts(b: &[u8]) -> Q5KParts {
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    Q5KParts {
+        d: f16_at(b, 0),
+        dmin: f16_at(b, 2),
+        scales: std::array::from_fn(|j| scale_min_k4(j, &b[4..16])),
+        // Low nibbles as Q4_K's; bit j of qh[l] is the fifth bit of sub-block j's weight l.
+        q: std::array::from_fn(|j| {
+            std::array::from_fn(|l| {
+                let byte = qs[j / 2 * 32 + l];
+                let low = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
                 low | (((qh[l] >> j) & 1) << 4)
-            }),
+            })
+        }),
+    }
+}
+
+/// A Q5_K super-block as 8 blocks: sub-block `j` is `d·sc_j · q − dmin·m_j` with 5-bit `q` (the
+/// form Q5_K had before [`super::super_blocks::Q5KGroup`]; the tests' reference for it).
+#[cfg(test)]
+pub fn q5_k_blocks(b: &[u8]) -> [BlockQ5; 8] {
+    let p = q5_k_parts(b);
+    std::array::from_fn(|j| {
+        let (sc, m) = p.scales[j];
+        BlockQ5 {
+            d: p.d * f32::from(sc),
+            m: -(p.dmin * f32::from(m)),
+            qs: p.q[j],
         }
     })
 }
 
-/// A Q3_K super-block (`hmask: [u8; 32]; qs: [u8; 64]; scales: [u8; 12]; d: f16`) as 8 blocks:
-/// weight `i` is `d·(sc[i / 16] − 32) · (q − 4)` with 3-bit `q` (two bits in `qs`, the third in
-/// `hmask`) and 6-bit scales (ggml's `dequantize_row_q3_K`).
-pub fn q3_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
+/// A Q3_K super-block's parts: weight `i` is `d·scales[i / 16] · (q[i / 32][i % 32] − 4)`.
+pub struct Q3KParts {
+    pub d: f32,
+    /// 6-bit scales minus 32.
+    pub scales: [i8; 16],
+    /// 3-bit weights of each block of 32.
+    pub q: [[u8; QK]; 8],
+}
+
+/// A Q3_K super-block (`hmask: [u8; 32]; qs: [u8; 64]; scales: [u8; 12]; d: f16`) in parts
+/// (ggml's `dequantize_row_q3_K`: two bits in `qs`, the third in `hmask`, set for `q ≥ 4`).
+pub fn q3_k_parts(b: &[u8]) -> Q3KParts {
     let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
-    let d = f16_at(b, 108);
     // 16 scales of 6 bits: low 4 bits from bytes 0..8, high 2 bits from bytes 8..12.
-    let scale = |i: usize| -> f32 {
+    let scale = |i: usize| -> i8 {
         let low = if i < 8 {
             packed[i] & 0x0F
         } else {
             packed[i - 8] >> 4
         };
         let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
-        f32::from((low | (high << 4)) as i8 - 32)
+        (low | (high << 4)) as i8 - 32
     };
-    // Block j = 4h + s: bits 2s..2s+2 of qs[32h..32h+32], high bit j of hmask[0..32].
-    std::array::from_fn(|j| {
-        let (h, shift) = (j / 4, 2 * (j % 4));
-        BlockQ6 {
-            d: [d * scale(2 * j), d * scale(2 * j + 1)],
-            qs: std::array::from_fn(|l| {
-                let low = ((qs[h * 32 + l] >> shift) & 3) as i8;
-                let high = if hmask[l] & (1 << j) != 0 { 0 } else { 4 };
-                low - high
-            }),
-        }
+    Q3KParts {
+        d: f16_at(b, 108),
+        scales: std::array::from_fn(scale),
+        // Block j = 4h + s: bits 2s..2s + 2 of qs[32h..32h + 32], the third bit j of hmask.
+        q: std::array::from_fn(|j| {
+            let (h, shift) = (j / 4, 2 * (j % 4));
+            std::array::from_fn(|l| {
+                let low = (qs[h * 32 + l] >> shift) & 3;
+                low | (((hmask[l] >> j) & 1) << 2)
+            })
+        }),
+    }
+}
+
+/// A Q3_K super-block as 8 blocks (the form Q3_K had before [`super::super_blocks::Q3KGroup`]; the
+/// tests' reference for it).
+#[cfg(test)]
+pub fn q3_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
+    let p = q3_k_parts(b);
+    std::array::from_fn(|j| BlockQ6 {
+        d: [
+            p.d * f32::from(p.scales[2 * j]),
+            p.d * f32::from(p.scales[2 * j + 1]),
+        ],
+        qs: std::array::from_fn(|l| p.q[j][l] as i8 - 4),
     })
+}
+
+/// A Q2_K super-block's parts: weight `i` is
+/// `d·(scales[i / 16] & 15) · q[i / 32][i % 32] − dmin·(scales[i / 16] >> 4)`.
+pub struct Q2KParts {
+    pub d: f32,
+    pub dmin: f32,
+    /// The file's bytes: a 4-bit scale and, above it, a 4-bit min per 16 weights.
+    pub scales: [u8; 16],
+    /// 2-bit weights of each block of 32.
+    pub q: [[u8; QK]; 8],
+}
+
+/// A Q2_K super-block (`scales: [u8; 16]; qs: [u8; 64]; d, dmin: f16`) in parts (ggml's
+/// `dequantize_row_q2_K`).
+pub fn q2_k_parts(b: &[u8]) -> Q2KParts {
+    let qs = &b[16..80];
+    let mut scales = [0u8; 16];
+    scales.copy_from_slice(&b[0..16]);
+    Q2KParts {
+        d: f16_at(b, 80),
+        dmin: f16_at(b, 82),
+        scales,
+        // Block j = 4h + s: bits 2s..2s + 2 of qs[32h..32h + 32].
+        q: std::array::from_fn(|j| {
+            let (h, shift) = (j / 4, 2 * (j % 4));
+            std::array::from_fn(|l| (qs[h * 32 + l] >> shift) & 3)
+        }),
+    }
 }
 
 /// A Q6_K super-block's parts: weight `i` is `d·scales[i / 16] · (q[i / 32][i % 32] − 32)`.
@@ -347,7 +422,7 @@ pub fn q6_k_parts(b: &[u8]) -> Q6KParts {
 }
 
 /// A Q6_K super-block as 8 blocks: weight `i` is `d·sc[i / 16] · (q − 32)` with 6-bit `q` (the
-/// form Q6_K had before [`super::groups::Q6KGroup`]; the tests' reference for it).
+/// form Q6_K had before [`super::super_blocks::Q6KGroup`]; the tests' reference for it).
 #[cfg(test)]
 pub fn q6_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
     let p = q6_k_parts(b);

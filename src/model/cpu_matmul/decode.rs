@@ -15,7 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{block_scales, quantize_block, Avx2Group, REGS};
+use super::avx2::{block_scales, half_sums, quantize_block, Avx2Group, REGS};
 use super::blocks::QK;
 use super::groups::Scales;
 
@@ -30,6 +30,8 @@ pub struct Rows16 {
     d: Vec<f32>,
     /// The exact f32 sum of each block's activations, for the weights' offsets (Q4_1).
     sum: Vec<f32>,
+    /// The f32 sums of each block's activations 0..16 and 16..32, for split offsets (Q2_K).
+    half_sums: Vec<[f32; 2]>,
 }
 
 impl Rows16 {
@@ -47,6 +49,7 @@ impl Rows16 {
             q: vec![0; x.len()],
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],
+            half_sums: vec![[0.0; 2]; blocks],
         };
         for b in 0..blocks {
             let ([a, b2, c, d], scale, sum) = quantize_block(x.as_ptr().add(b * QK), Q_MAX);
@@ -57,6 +60,7 @@ impl Rows16 {
             _mm256_storeu_si256(q as *mut __m256i, lo);
             _mm256_storeu_si256(q.add(16) as *mut __m256i, hi);
             (rows.d[b], rows.sum[b]) = (scale, sum);
+            rows.half_sums[b] = half_sums(x.as_ptr().add(b * QK));
         }
         rows
     }
@@ -92,12 +96,13 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let sum = x.sum.as_ptr().add(r0 * nb);
+    let half_sums = x.half_sums.as_ptr().add(r0 * nb);
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
             // A super-block's scale vectors, ahead of its blocks ([`block_scales`]).
             let ahead = G::SUBS > 1;
-            let mut scales = [[_mm256_setzero_ps(); 3]; 8];
+            let mut scales = [[_mm256_setzero_ps(); 4]; 8];
             if ahead {
                 block_scales(group, &mut scales);
             }
@@ -119,11 +124,10 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
                         }
                     }
                 }
-                let [dw, dw_hi, m] = if ahead {
+                let [dw, dw_hi, m, m_hi] = if ahead {
                     scales[sub]
                 } else {
-                    let (d, d_hi, m) = group.scale_vectors(sub);
-                    [d, d_hi, m]
+                    group.scale_vectors(sub)
                 };
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let da = _mm256_set1_ps(*d.add(t * nb + b));
@@ -133,7 +137,11 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
                         let ints = _mm256_cvtepi32_ps(isum[t][1]);
                         *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw_hi, da), *acc);
                     }
-                    if G::Scales::OFFSET {
+                    if G::Scales::OFFSET && G::Scales::SPLIT {
+                        let [lo, hi] = *half_sums.add(t * nb + b);
+                        *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(lo), *acc);
+                        *acc = _mm256_fmadd_ps(m_hi, _mm256_set1_ps(hi), *acc);
+                    } else if G::Scales::OFFSET {
                         let xs = _mm256_set1_ps(*sum.add(t * nb + b));
                         *acc = _mm256_fmadd_ps(m, xs, *acc);
                     }

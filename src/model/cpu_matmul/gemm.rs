@@ -110,12 +110,16 @@ pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], per_row: usize, panel
         for (i, group) in row.iter().enumerate() {
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
-                let (d_lo, d_hi, m) = group.scale_vectors(sub);
+                let [d_lo, d_hi, m_lo, m_hi] = group.scale_vectors(sub);
                 for l in 0..REGS / G::PER_LOAD {
                     let regs = group.registers(sub, l);
                     for (s, &w) in regs.iter().enumerate().take(G::PER_LOAD) {
                         let r = l * G::PER_LOAD + s;
-                        let d = if r < REGS / 2 { d_lo } else { d_hi };
+                        let (d, m) = if r < REGS / 2 {
+                            (d_lo, m_lo)
+                        } else {
+                            (d_hi, m_hi)
+                        };
                         // Weight 2r (the low 16 bits, sign-extended) and 2r + 1 (the high ones).
                         let even = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(w));
                         let odd = _mm256_srai_epi32::<16>(w);

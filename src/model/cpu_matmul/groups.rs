@@ -10,10 +10,9 @@
 //!
 //! Scales are kept as the file has them where that is exact (f16 for Q4_0, Q4_1 and Q8_0, so
 //! that a group takes no more memory than the file's blocks: decode at one sequence streams
-//! every weight once per token), and as f32 for the K-quants' products of two scales. Q4_K
-//! and Q6_K groups ([`Q4KGroup`], [`Q6KGroup`]) hold a whole super-block of 8 blocks per row
-//! with its scales as bytes, 1.06× and 1.01× the file's bytes (1.33× and 1.52× as blocks of 32
-//! with f32 scales).
+//! every weight once per token). The K-quants' groups, a whole super-block of 8 blocks per
+//! row, are in [`super::super_blocks`]; their [`Scales`] types here only say which scales and
+//! offsets they have.
 
 use std::fmt::Debug;
 
@@ -50,7 +49,7 @@ pub trait BlockGroup: Group {
 /// [`Group::dequantize_row`] of a [`BlockGroup`].
 fn dequantize_block_row<G: BlockGroup>(g: &G, j: usize) -> [f32; QK] {
     let s = g.scales();
-    std::array::from_fn(|k| (g.int(j, k) as f32).mul_add(s.scale(j, k), s.offset(j)))
+    std::array::from_fn(|k| (g.int(j, k) as f32).mul_add(s.scale(j, k), s.offset(j, k)))
 }
 
 /// Row `o`'s weights of the groups of a matrix of `cols` columns.
@@ -92,7 +91,7 @@ pub fn interleave<B: IntBlock + Sync, G: BlockGroup>(
 /// The 8 rows' scales and offsets of a group.
 pub trait Scales: Copy + Send + Sync + Debug + 'static {
     const ZERO: Self;
-    /// Whether weights 16..32 have scales of their own.
+    /// Whether weights 16..32 have scales (and offsets, with [`Self::OFFSET`]) of their own.
     const SPLIT: bool;
     /// Whether the rows have offsets.
     const OFFSET: bool;
@@ -100,8 +99,8 @@ pub trait Scales: Copy + Send + Sync + Debug + 'static {
     fn set(&mut self, j: usize, d: [f32; 2], m: f32);
     /// The scale of weight `k` of row `j`.
     fn scale(&self, j: usize, k: usize) -> f32;
-    /// The offset of row `j`.
-    fn offset(&self, j: usize) -> f32;
+    /// The offset of weight `k` of row `j`.
+    fn offset(&self, j: usize, k: usize) -> f32;
 }
 
 /// f16 scales and offsets (Q4_0, with `m = -8d`, and Q4_1: the file's own values).
@@ -119,7 +118,7 @@ pub struct F16D {
     pub d: [f16; ROWS],
 }
 
-/// f32 scales and offsets (Q4_K and Q5_K sub-blocks: products of two scales).
+/// f32 scales and offsets (Q4_K and Q5_K blocks: products of two scales).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct F32Dm {
@@ -127,12 +126,23 @@ pub struct F32Dm {
     pub m: [f32; ROWS],
 }
 
-/// f32 scales for each half of the block (Q6_K sub-blocks).
+/// f32 scales for each half of the block (Q3_K and Q6_K blocks).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct F32Split {
     pub d: [f32; ROWS],
     pub d_hi: [f32; ROWS],
+}
+
+/// f32 scales and offsets for each half of the block (Q2_K: a scale and a min per 16
+/// weights).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct F32SplitDm {
+    pub d: [f32; ROWS],
+    pub d_hi: [f32; ROWS],
+    pub m: [f32; ROWS],
+    pub m_hi: [f32; ROWS],
 }
 
 /// `v` as f16, which must be exact.
@@ -160,7 +170,7 @@ impl Scales for F16Dm {
         self.d[j].to_f32()
     }
 
-    fn offset(&self, j: usize) -> f32 {
+    fn offset(&self, j: usize, _k: usize) -> f32 {
         self.m[j].to_f32()
     }
 }
@@ -181,7 +191,7 @@ impl Scales for F16D {
         self.d[j].to_f32()
     }
 
-    fn offset(&self, _j: usize) -> f32 {
+    fn offset(&self, _j: usize, _k: usize) -> f32 {
         0.0
     }
 }
@@ -204,7 +214,7 @@ impl Scales for F32Dm {
         self.d[j]
     }
 
-    fn offset(&self, j: usize) -> f32 {
+    fn offset(&self, j: usize, _k: usize) -> f32 {
         self.m[j]
     }
 }
@@ -230,8 +240,41 @@ impl Scales for F32Split {
         }
     }
 
-    fn offset(&self, _j: usize) -> f32 {
+    fn offset(&self, _j: usize, _k: usize) -> f32 {
         0.0
+    }
+}
+
+impl Scales for F32SplitDm {
+    const ZERO: Self = Self {
+        d: [0.0; ROWS],
+        d_hi: [0.0; ROWS],
+        m: [0.0; ROWS],
+        m_hi: [0.0; ROWS],
+    };
+    const SPLIT: bool = true;
+    const OFFSET: bool = true;
+
+    /// Both halves get the offset `m`.
+    fn set(&mut self, j: usize, d: [f32; 2], m: f32) {
+        [self.d[j], self.d_hi[j]] = d;
+        [self.m[j], self.m_hi[j]] = [m; 2];
+    }
+
+    fn scale(&self, j: usize, k: usize) -> f32 {
+        if k < 16 {
+            self.d[j]
+        } else {
+            self.d_hi[j]
+        }
+    }
+
+    fn offset(&self, j: usize, k: usize) -> f32 {
+        if k < 16 {
+            self.m[j]
+        } else {
+            self.m_hi[j]
+        }
     }
 }
 
@@ -254,13 +297,13 @@ fn nibble_at(j: usize, k: usize) -> (usize, u32) {
 }
 
 /// Weight `k` of row `j` of the 128 bytes of a [`Nibbles8`] block.
-fn nibble_of(qs: &[u8; 128], j: usize, k: usize) -> i32 {
+pub(super) fn nibble_of(qs: &[u8; 128], j: usize, k: usize) -> i32 {
     let (byte, shift) = nibble_at(j, k);
     i32::from((qs[byte] >> shift) & 0x0F)
 }
 
 /// Sets weight `k` of row `j` (in 0..16) of the 128 bytes of a [`Nibbles8`] block.
-fn set_nibble(qs: &mut [u8; 128], j: usize, k: usize, q: u8) {
+pub(super) fn set_nibble(qs: &mut [u8; 128], j: usize, k: usize, q: u8) {
     debug_assert!(q < 16);
     let (byte, shift) = nibble_at(j, k);
     qs[byte] = (qs[byte] & !(0x0F << shift)) | (q << shift);
@@ -351,161 +394,4 @@ impl<const SIGNED: bool, S: Scales> BlockGroup for Bytes8<SIGNED, S> {
     fn scales(&self) -> &S {
         &self.scales
     }
-}
-
-/// A Q4_K super-block of 8 rows: its 8 blocks' nibbles laid out as [`Nibbles8`] lays out one,
-/// their 6-bit scales and mins as bytes, and per row the super-block's scale `d` and negated
-/// min scale `-dmin` (the file's f16 values): block `sub` of row `j` is
-/// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Q4KGroup {
-    pub qs: [[u8; 128]; 8],
-    /// `[block][row]`.
-    pub sc: [[u8; ROWS]; 8],
-    pub m: [[u8; ROWS]; 8],
-    pub d: [f32; ROWS],
-    pub neg_dmin: [f32; ROWS],
-}
-
-impl Group for Q4KGroup {
-    type Scales = F32Dm;
-    const ZERO: Self = Self {
-        qs: [[0; 128]; 8],
-        sc: [[0; ROWS]; 8],
-        m: [[0; ROWS]; 8],
-        d: [0.0; ROWS],
-        neg_dmin: [0.0; ROWS],
-    };
-    const SUBS: usize = 8;
-
-    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
-        let d = self.d[j] * f32::from(self.sc[sub][j]);
-        let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
-        std::array::from_fn(|k| (nibble_of(&self.qs[sub], j, k) as f32).mul_add(d, m))
-    }
-}
-
-impl Q4KGroup {
-    /// A matrix of `rows` rows of Q4_K super-blocks (`bytes`, row-major) as
-    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
-        use super::blocks::{q4_k_parts, Q4_K_BYTES};
-        super_block_groups(bytes, rows, Q4_K_BYTES, |group: &mut Self, j, b| {
-            let parts = q4_k_parts(b);
-            group.d[j] = parts.d;
-            group.neg_dmin[j] = -parts.dmin;
-            for sub in 0..8 {
-                (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
-                for (k, &q) in parts.q[sub].iter().enumerate() {
-                    set_nibble(&mut group.qs[sub], j, k, q);
-                }
-            }
-        })
-    }
-}
-
-/// A Q6_K super-block of 8 rows: the low 4 bits of its 8 blocks laid out as [`Nibbles8`] lays
-/// out one; their high 2 bits, load `h` (bytes `32h..32h + 32`) of a block holding, in 16-bit
-/// lane `2j + e`, bits `2s..2s + 2`, those of weight `2r + e` of row `j` for register
-/// `r = 8h + s`; the 8-bit scales of each 16 weights; and per row the super-block's scale `d`
-/// (the file's f16). Weight `k` of block `sub` is `d·sc[2 sub + k / 16] · (q − 32)`.
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Q6KGroup {
-    /// Each block's bits together, so that the weights are read in one stream.
-    pub blocks: [Q6Bits; 8],
-    /// `[2 · block + half][row]`.
-    pub sc: [[i8; ROWS]; 16],
-    pub d: [f32; ROWS],
-}
-
-/// The bits of one block of a [`Q6KGroup`]: the low 4 bits as [`Nibbles8`] lays them out, the
-/// high 2 bits of register `8h + s` at bits `2s..2s + 2` of load `h` of `qh`.
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Q6Bits {
-    pub ql: [u8; 128],
-    pub qh: [u8; 64],
-}
-
-/// Byte and shift of the high 2 bits of weight `k` of row `j` in [`Q6Bits::qh`].
-fn high_bits_at(j: usize, k: usize) -> (usize, u32) {
-    let (r, e) = (k / 2, k % 2);
-    let (h, s) = (r / 8, r % 8);
-    (32 * h + 2 * (2 * j + e) + s / 4, 2 * (s % 4) as u32)
-}
-
-impl Group for Q6KGroup {
-    type Scales = F32Split;
-    const ZERO: Self = Self {
-        blocks: [Q6Bits {
-            ql: [0; 128],
-            qh: [0; 64],
-        }; 8],
-        sc: [[0; ROWS]; 16],
-        d: [0.0; ROWS],
-    };
-    const SUBS: usize = 8;
-
-    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
-        let scale = |half: usize| self.d[j] * f32::from(self.sc[2 * sub + half][j]);
-        let (lo, hi) = (scale(0), scale(1));
-        std::array::from_fn(|k| {
-            let (byte, shift) = high_bits_at(j, k);
-            let high = i32::from((self.blocks[sub].qh[byte] >> shift) & 3);
-            let q = (nibble_of(&self.blocks[sub].ql, j, k) | (high << 4)) - 32;
-            (q as f32).mul_add(if k < 16 { lo } else { hi }, 0.0)
-        })
-    }
-}
-
-impl Q6KGroup {
-    /// A matrix of `rows` rows of Q6_K super-blocks (`bytes`, row-major) as
-    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
-        use super::blocks::{q6_k_parts, Q6_K_BYTES};
-        super_block_groups(bytes, rows, Q6_K_BYTES, |group: &mut Self, j, b| {
-            let parts = q6_k_parts(b);
-            group.d[j] = parts.d;
-            for (half, &sc) in parts.scales.iter().enumerate() {
-                group.sc[half][j] = sc;
-            }
-            for (sub, q) in parts.q.iter().enumerate() {
-                for (k, &q) in q.iter().enumerate() {
-                    set_nibble(&mut group.blocks[sub].ql, j, k, q & 0x0F);
-                    let (byte, shift) = high_bits_at(j, k);
-                    group.blocks[sub].qh[byte] |= (q >> 4) << shift;
-                }
-            }
-        })
-    }
-}
-
-/// `rows` rows of K-quant super-blocks of `size` bytes (`bytes`, row-major) as
-/// `ceil(rows / 8) × (super-blocks per row)` groups, each set row by row by `set(group, j,
-/// super-block bytes)`, group rows in parallel.
-fn super_block_groups<G: Group>(
-    bytes: &[u8],
-    rows: usize,
-    size: usize,
-    set: impl Fn(&mut G, usize, &[u8]) + Sync,
-) -> Vec<G> {
-    use rayon::prelude::*;
-    let per_row = bytes.len() / size / rows.max(1);
-    let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * per_row];
-    if per_row == 0 {
-        return groups;
-    }
-    groups
-        .par_chunks_mut(per_row)
-        .zip(bytes.par_chunks(ROWS * per_row * size))
-        .for_each(|(groups, bytes)| {
-            for (j, row) in bytes.chunks_exact(per_row * size).enumerate() {
-                for (group, b) in groups.iter_mut().zip(row.chunks_exact(size)) {
-                    set(group, j, b);
-                }
-            }
-        });
-    groups
 }

@@ -27,6 +27,9 @@ mod gemm;
 mod groups;
 #[cfg(target_arch = "x86_64")]
 mod prompt8;
+mod super_blocks;
+#[cfg(target_arch = "x86_64")]
+mod unpacked8;
 
 #[cfg(target_arch = "x86_64")]
 use decode::Rows16;
@@ -47,13 +50,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::cpu_storage::contiguous;
 use super::team::SharedOut;
-use blocks::{
-    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, IntBlock, QK, QK_K,
-};
-use groups::{
-    interleave, BlockGroup, Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Q4KGroup, Q6KGroup,
-    F16D, ROWS,
-};
+use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, QK, QK_K};
+use groups::{interleave, BlockGroup, Bytes8, F16Dm, Group, Nibbles8, F16D, ROWS};
+use super_blocks::{Q2KGroup, Q3KGroup, Q4KGroup, Q5KGroup, Q6KGroup};
 
 pub use avx2::available as avx2_available;
 #[cfg(target_arch = "x86_64")]
@@ -85,14 +84,12 @@ enum Packed {
     Q8_0(Vec<Bytes8<true, F16D>>),
     /// Q5_1: 5-bit weights as unsigned bytes, f16 scale and offset.
     Q5_1(Vec<Bytes8<false, F16Dm>>),
-    /// Q4_K super-blocks, 8 rows each.
+    /// K-quant super-blocks, 8 rows each.
+    Q2K(Vec<Q2KGroup>),
+    Q3K(Vec<Q3KGroup>),
     Q4K(Vec<Q4KGroup>),
-    /// Q5_K split into blocks of 32.
-    Q5K(Vec<Bytes8<false, F32Dm>>),
-    /// Q6_K super-blocks, 8 rows each.
+    Q5K(Vec<Q5KGroup>),
     Q6K(Vec<Q6KGroup>),
-    /// Q3_K split into blocks of 32, a scale per 16 weights.
-    Q3K(Vec<Bytes8<true, F32Split>>),
 }
 
 /// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`]): the
@@ -128,21 +125,23 @@ macro_rules! with_groups {
             Packed::Q4($g) => $body,
             Packed::Q8_0($g) => $body,
             Packed::Q5_1($g) => $body,
+            Packed::Q2K($g) => $body,
+            Packed::Q3K($g) => $body,
             Packed::Q4K($g) => $body,
             Packed::Q5K($g) => $body,
             Packed::Q6K($g) => $body,
-            Packed::Q3K($g) => $body,
         }
     };
 }
 
-/// Rows of 4-bit weights with 8-bit activations ([`prompt8`]), instead of f32 (prompt rows)
-/// and 16-bit (decode rows).
+/// Rows of 4-bit weights with 8-bit activations ([`prompt8`]), and prompt rows of the other
+/// types but Q8_0 ([`unpacked8`]), instead of f32 (prompt rows) and 16-bit (decode rows).
 static INT8_ACTIVATIONS: AtomicBool = AtomicBool::new(false);
 
-/// `--int8`: multiplies every row (prompt and decode) of Q4_0, Q4_1 and Q4_K weights with
-/// 8-bit activations, as llama.cpp does (faster, not bit-identical to the default); also
-/// switched on by `DOCANALYZE_INT8=1` (examples, benchmarks).
+/// `--int8`: multiplies every row (prompt and decode) of Q4_0, Q4_1 and Q4_K weights, and the
+/// prompt rows of Q5_0, Q5_1, Q2_K, Q3_K, Q5_K and Q6_K weights, with 8-bit activations, as
+/// llama.cpp does (faster, not bit-identical to the default); also switched on by
+/// `DOCANALYZE_INT8=1` (examples, benchmarks).
 pub fn set_int8_activations(on: bool) {
     INT8_ACTIVATIONS.store(on, Ordering::Relaxed);
 }
@@ -154,12 +153,13 @@ pub fn int8_activations() -> bool {
 }
 
 /// The GGUF weight types the kernel holds.
-pub const KERNEL_TYPES: [GgmlDType; 9] = [
+pub const KERNEL_TYPES: [GgmlDType; 10] = [
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
     GgmlDType::Q5_1,
     GgmlDType::Q8_0,
+    GgmlDType::Q2K,
     GgmlDType::Q3K,
     GgmlDType::Q4K,
     GgmlDType::Q5K,
@@ -180,6 +180,20 @@ pub struct CpuQMatMul {
     packed: Arc<Packed>,
     out_features: usize,
     in_features: usize,
+    /// With `--int8`, prompt rows through [`unpacked8`] with this bias on the weights.
+    unpacked8_bias: Option<i16>,
+}
+
+/// What makes every weight of `dtype` an unsigned byte of at most 63 for [`unpacked8`] (the
+/// types without a 4-bit layout, but Q8_0, whose bytes do not fit).
+fn unpacked8_bias(dtype: GgmlDType) -> Option<i16> {
+    match dtype {
+        GgmlDType::Q5_1 | GgmlDType::Q2K | GgmlDType::Q5K => Some(0),
+        GgmlDType::Q3K => Some(4),
+        GgmlDType::Q5_0 => Some(16),
+        GgmlDType::Q6K => Some(32),
+        _ => None,
+    }
 }
 
 /// File blocks of a `rows`-row matrix, as groups.
@@ -188,8 +202,10 @@ fn decode<B: FileBlock + Sync, G: BlockGroup>(bytes: &[u8], rows: usize) -> Vec<
     interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
 
-/// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`, as groups.
-fn decode_k<B: IntBlock + Sync, G: BlockGroup>(
+/// K-quant super-blocks of `size` bytes, each split into 8 blocks of 32 by `split`, as groups
+/// (the form K-quants had before they were held whole; the tests' reference).
+#[cfg(test)]
+fn decode_k<B: blocks::IntBlock + Sync, G: BlockGroup>(
     bytes: &[u8],
     rows: usize,
     size: usize,
@@ -217,19 +233,10 @@ impl CpuQMatMul {
             GgmlDType::Q5_0 => Packed::Q8_0(decode::<BlockQ5_0, _>(&data, rows)),
             GgmlDType::Q5_1 => Packed::Q5_1(decode::<BlockQ5_1, _>(&data, rows)),
             GgmlDType::Q8_0 => Packed::Q8_0(decode::<BlockQ8_0, _>(&data, rows)),
-            GgmlDType::Q3K => Packed::Q3K(decode_k(
-                &data,
-                rows,
-                blocks::Q3_K_BYTES,
-                blocks::q3_k_blocks,
-            )),
+            GgmlDType::Q2K => Packed::Q2K(Q2KGroup::matrix(&data, rows)),
+            GgmlDType::Q3K => Packed::Q3K(Q3KGroup::matrix(&data, rows)),
             GgmlDType::Q4K => Packed::Q4K(Q4KGroup::matrix(&data, rows)),
-            GgmlDType::Q5K => Packed::Q5K(decode_k(
-                &data,
-                rows,
-                blocks::Q5_K_BYTES,
-                blocks::q5_k_blocks,
-            )),
+            GgmlDType::Q5K => Packed::Q5K(Q5KGroup::matrix(&data, rows)),
             GgmlDType::Q6K => Packed::Q6K(Q6KGroup::matrix(&data, rows)),
             _ => return Ok(None),
         };
@@ -237,6 +244,7 @@ impl CpuQMatMul {
             packed: Arc::new(packed),
             out_features,
             in_features,
+            unpacked8_bias: unpacked8_bias(qt.dtype()),
         }))
     }
 
@@ -272,15 +280,64 @@ impl CpuQMatMul {
                 Packed::Q4K(w) => return self.run_int8(w, x8, y, stride, range),
                 _ => {}
             }
+            if let Some(bias) = self.unpacked8_bias {
+                let rows8 = (x, x16, x8, decode_rows);
+                return with_groups!(&*self.packed, w => {
+                    self.run_unpacked8(w, bias, rows8, y, stride, range)
+                });
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = x8;
         with_groups!(&*self.packed, w => self.run_rows(w, x, x16, decode_rows, y, stride, range))
     }
 
-    /// Whether its rows can take 8-bit activations ([`prompt8`]).
+    /// Whether all its rows can take 8-bit activations ([`prompt8`]).
     fn takes_int8(&self) -> bool {
         matches!(&*self.packed, Packed::Q4(_) | Packed::Q4K(_))
+    }
+
+    /// Whether its prompt rows, at least, can take 8-bit activations.
+    fn takes_int8_prompt(&self) -> bool {
+        self.takes_int8() || self.unpacked8_bias.is_some()
+    }
+
+    /// [`Self::run_range`] with decode rows through the 16-bit tiles and prompt rows (of
+    /// `x8`, after its first `decode_rows`) through [`unpacked8`], each chunk of weights
+    /// unpacked before its first tile.
+    #[cfg(target_arch = "x86_64")]
+    fn run_unpacked8<G: Kernel>(
+        &self,
+        w: &[G],
+        bias: i16,
+        (x, x16, x8, decode_rows): (&[f32], Option<&Rows16>, &Rows8, usize),
+        y: SharedOut,
+        stride: usize,
+        (o0, o1): (usize, usize),
+    ) {
+        let cols = self.in_features;
+        self.run_typed(w, &x[..decode_rows * cols], x16, y, stride, o0, o1);
+        // SAFETY: the prompt rows' outputs start `decode_rows` rows into y.
+        let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
+        let mut chunk = unpacked8::Chunk8::default();
+        let prompt_rows = x8.len() - decode_rows;
+        let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
+            // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; the bias makes
+            // this type's weights bytes of at most 63 ([`unpacked8_bias`]); x8 holds the rows.
+            unsafe {
+                if r0 == 0 {
+                    unpacked8::unpack(groups, bias, &mut chunk);
+                }
+                with_tile_rows!(t, T => unpacked8::tile::<T>(&chunk, x8, decode_rows + r0, out))
+            }
+        };
+        // One group of 8 weight rows at a time: its unpacked bytes stay in L1 (up to 2048
+        // columns) while every tile of rows passes.
+        let mut tile = tile;
+        for c0 in (o0..o1).step_by(ROWS) {
+            let range = (c0, (c0 + ROWS).min(o1));
+            for_each_tile(w, cols, prompt_rows, range, y_prompt, stride, &mut tile);
+        }
     }
 
     /// [`Self::run_range`] with every row (quantized as `x8`) through [`prompt8`].
@@ -445,7 +502,7 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
         quantize_decode_rows(&x[..decode_rows * cols], cols)
     };
     let run = |&(m, o0, o1): &(usize, usize, usize)| {
-        let x8 = x8.as_ref().filter(|_| mats[m].takes_int8());
+        let x8 = x8.as_ref().filter(|_| mats[m].takes_int8_prompt());
         mats[m].run_range(
             x,
             x16.as_ref(),
@@ -465,10 +522,11 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
     y
 }
 
-/// Every row for [`prompt8::tile`], with `--int8`, AVX2 and 4-bit weights.
+/// Every row for [`prompt8::tile`] and [`unpacked8::tile`], with `--int8`, AVX2 and weights
+/// that take them.
 fn quantize_int8_rows(mats: &[&CpuQMatMul], x: &[f32], cols: usize, int8: bool) -> Option<Rows8> {
     #[cfg(target_arch = "x86_64")]
-    if !x.is_empty() && int8 && avx2::available() && mats.iter().any(|m| m.takes_int8()) {
+    if !x.is_empty() && int8 && avx2::available() && mats.iter().any(|m| m.takes_int8_prompt()) {
         // SAFETY: AVX2 and FMA were detected at run time.
         return Some(unsafe { Rows8::quantize(x, cols) });
     }
@@ -574,6 +632,7 @@ fn activations<'a>(
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    use groups::{F32Dm, F32Split};
     use rand::{Rng, SeedableRng};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -581,7 +640,7 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    const TYPES: [GgmlDType; 9] = KERNEL_TYPES;
+    const TYPES: [GgmlDType; 10] = KERNEL_TYPES;
 
     /// Odd output sizes; inputs a multiple of 32, or of 256 for the K-quants.
     fn shapes(dtype: GgmlDType) -> [(usize, usize); 3] {
@@ -736,10 +795,11 @@ mod tests {
         }
     }
 
-    /// Q4_K and Q6_K held whole per super-block, their scales as bytes ([`Q4KGroup`],
-    /// [`Q6KGroup`]), give the same bits in every kernel as their blocks with the scales
-    /// multiplied out in f32 (their form before, 1.33× and 1.52× the file's bytes instead of
-    /// 1.06× and 1.01×).
+    /// Q3_K … Q6_K held whole per super-block, their scales as bytes ([`Q3KGroup`],
+    /// [`Q4KGroup`], [`Q5KGroup`], [`Q6KGroup`]), give the same bits in every kernel as their
+    /// blocks with the scales multiplied out in f32 (their form before: 2.9×, 1.33×, 1.8× and
+    /// 1.52× the file's bytes instead of 1.05×, 1.06×, 1.05× and 1.01×); Q2_K (no form before)
+    /// is held at 1.05×.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn whole_super_blocks_equal_their_blocks_with_f32_scales() {
@@ -788,6 +848,26 @@ mod tests {
         // 212 bytes per row and super-block, the file's 210.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 212);
         same_bits(&whole, &blocks, cols, &x, &x16);
+
+        let q5k = data(GgmlDType::Q5K);
+        let whole = Q5KGroup::matrix(&q5k, out);
+        let blocks: Vec<Bytes8<false, F32Dm>> =
+            decode_k(&q5k, out, blocks::Q5_K_BYTES, blocks::q5_k_blocks);
+        // 184 bytes per row and super-block, the file's 176.
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 184);
+        same_bits(&whole, &blocks, cols, &x, &x16);
+
+        let q3k = data(GgmlDType::Q3K);
+        let whole = Q3KGroup::matrix(&q3k, out);
+        let blocks: Vec<Bytes8<true, F32Split>> =
+            decode_k(&q3k, out, blocks::Q3_K_BYTES, blocks::q3_k_blocks);
+        // 116 bytes per row and super-block, the file's 110.
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 116);
+        same_bits(&whole, &blocks, cols, &x, &x16);
+
+        // 88 bytes per row and super-block, the file's 84.
+        let whole = Q2KGroup::matrix(&data(GgmlDType::Q2K), out);
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 88);
     }
 
     /// Decode tiles of 1-4 rows and prompt-row panels of `whole` equal those of `blocks`.
@@ -824,6 +904,8 @@ mod tests {
         assert!(a == b, "{name}: prompt-row panels");
     }
 
+    /// A row's result is the same alone and in any batch, for both kinds of rows, every type,
+    /// with and without `--int8`.
     #[test]
     fn rows_do_not_depend_on_their_batch() {
         let dev = Device::Cpu;
@@ -835,15 +917,16 @@ mod tests {
                 .unwrap();
             let x = random(13 * inp, 6);
             // Decode rows alone, prompt rows alone, and 5 decode rows before 8 prompt rows.
-            for decode_rows in [13, 0, 5] {
-                let batched = k.matmul(&x, decode_rows);
+            for (decode_rows, int8) in [13, 0, 5].into_iter().flat_map(|d| [(d, false), (d, true)])
+            {
+                let batched = matmul_group_with(&[&k], &x, decode_rows, int8);
                 for r in 0..13 {
                     let kind = usize::from(r < decode_rows);
-                    let alone = k.matmul(&x[r * inp..(r + 1) * inp], kind);
+                    let alone = matmul_group_with(&[&k], &x[r * inp..(r + 1) * inp], kind, int8);
                     assert_eq!(
                         alone,
                         batched[r * out..(r + 1) * out],
-                        "{dtype:?} row {r} of 13, {decode_rows} decode rows"
+                        "{dtype:?} row {r} of 13, {decode_rows} decode rows, int8 {int8}"
                     );
                 }
             }

@@ -6,7 +6,7 @@
 //! four times f32 FMA. llama.cpp's CPU kernels round activations to 8 bits the same way.
 //!
 //! The weights stay in their [`Nibbles8`](super::groups::Nibbles8) layout (Q4_K's
-//! [`Q4KGroup`](super::groups::Q4KGroup) blocks too): masking a load's low nibbles gives, in the
+//! [`Q4KGroup`](super::super_blocks::Q4KGroup) blocks too): masking a load's low nibbles gives, in the
 //! 32-bit lane of row `j`, that row's weights `8l + [0, 4, 1, 5]`, the high nibbles weights
 //! `8l + [2, 6, 3, 7]`; the activations are stored in that order ([`PERMUTATION`]) so each
 //! product is one broadcast of four bytes. A row's result depends only on its own values, so
@@ -37,12 +37,18 @@ const PERMUTATION: [usize; QK] = {
 
 /// Rows of activations quantized to 8 bits per block of 32, in [`PERMUTATION`] order.
 pub struct Rows8 {
-    cols: usize,
-    q: Vec<i8>,
+    pub(super) cols: usize,
+    pub(super) q: Vec<i8>,
     /// One scale per block.
-    d: Vec<f32>,
+    pub(super) d: Vec<f32>,
     /// The exact f32 sum of each block's activations, for the weights' offsets.
     sum: Vec<f32>,
+    /// The f32 sums of each block's activations 0..16 and 16..32, for offsets of each half
+    /// ([`super::unpacked8`]).
+    pub(super) half_sums: Vec<[f32; 2]>,
+    /// The sums of each block's 8-bit activations 0..16 and 16..32 (for weights with a bias,
+    /// [`super::unpacked8`]).
+    pub(super) q_sums: Vec<[i32; 2]>,
 }
 
 impl Rows8 {
@@ -61,6 +67,8 @@ impl Rows8 {
             q: vec![0; x.len()],
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],
+            half_sums: vec![[0.0; 2]; blocks],
+            q_sums: vec![[0; 2]; blocks],
         };
         // After the packs, 32-bit chunk c holds activations 4·[0, 8, 16, 24, 1, 9, 17, 25][c]..:
         // gather the chunks in order, then interleave each 8's halves ([`PERMUTATION`]).
@@ -77,6 +85,11 @@ impl Rows8 {
             let q = _mm256_shuffle_epi8(ordered, halves);
             _mm256_storeu_si256(rows.q.as_mut_ptr().add(b * QK) as *mut __m256i, q);
             (rows.d[b], rows.sum[b]) = (scale, sum);
+            rows.half_sums[b] = super::avx2::half_sums(x.as_ptr().add(b * QK));
+            rows.q_sums[b] = [
+                hsum_i32(_mm256_add_epi32(a, b2)),
+                hsum_i32(_mm256_add_epi32(c, d)),
+            ];
         }
         rows
     }
@@ -84,6 +97,17 @@ impl Rows8 {
     pub fn len(&self) -> usize {
         self.q.len() / self.cols
     }
+}
+
+/// The sum of the eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
 }
 
 /// Each block's scales and offsets of the 8 rows ([`Avx2Group::scale_vectors`]) of `groups`,
@@ -97,7 +121,7 @@ pub unsafe fn scale_vectors<G: Avx2Nibbles>(groups: &[G], out: &mut Vec<[__m256;
     out.clear();
     for group in groups {
         for sub in 0..G::SUBS {
-            let (d, _, m) = group.scale_vectors(sub);
+            let [d, _, m, _] = group.scale_vectors(sub);
             out.push([d, m]);
         }
     }
@@ -138,7 +162,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
             // Without CACHED, a super-block's scale vectors ahead of its blocks
             // ([`block_scales`]).
             let ahead = !CACHED && G::SUBS > 1;
-            let mut own = [[_mm256_setzero_ps(); 3]; 8];
+            let mut own = [[_mm256_setzero_ps(); 4]; 8];
             if ahead {
                 block_scales(group, &mut own);
             }
@@ -164,7 +188,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
                 } else if ahead {
                     [own[sub][0], own[sub][2]]
                 } else {
-                    let (d, _, m) = group.scale_vectors(sub);
+                    let [d, _, m, _] = group.scale_vectors(sub);
                     [d, m]
                 };
                 for (t, acc) in acc.iter_mut().enumerate() {
@@ -203,7 +227,18 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q4K,
+            // Prompt rows through unpacked8, decode rows through the 16-bit kernel.
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
             let (out, inp, rows) = (40, 512, 7);
             let w = Tensor::from_vec(random(out * inp, 3), (out, inp), &dev).unwrap();
             let qt = QTensor::quantize(&w, dtype).unwrap();

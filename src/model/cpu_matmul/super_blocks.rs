@@ -1,0 +1,383 @@
+//! K-quant super-blocks (Q2_K … Q6_K) held whole, 8 rows at a time: each block's weight bits
+//! laid out so that a 32-byte load and a shift or mask give the 16-bit registers of
+//! [`super::groups`], the sub-block scales as the file's small integers, and per row the
+//! super-block's f16 scales as f32. The kernels multiply the scales out per block as they go
+//! (exact products, as the file's dequantization has them), so a matrix takes 1.01-1.06× its
+//! file's bytes instead of 1.3-2.9× as blocks of 32 with f32 scales.
+
+use super::blocks::QK;
+use super::groups::{nibble_of, set_nibble, F32Dm, F32Split, F32SplitDm, Group, ROWS};
+
+/// A Q4_K super-block of 8 rows: its 8 blocks' nibbles laid out as [`Nibbles8`](super::groups::Nibbles8) lays out one,
+/// their 6-bit scales and mins as bytes, and per row the super-block's scale `d` and negated
+/// min scale `-dmin` (the file's f16 values): block `sub` of row `j` is
+/// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q4KGroup {
+    pub qs: [[u8; 128]; 8],
+    /// `[block][row]`.
+    pub sc: [[u8; ROWS]; 8],
+    pub m: [[u8; ROWS]; 8],
+    pub d: [f32; ROWS],
+    pub neg_dmin: [f32; ROWS],
+}
+
+impl Group for Q4KGroup {
+    type Scales = F32Dm;
+    const ZERO: Self = Self {
+        qs: [[0; 128]; 8],
+        sc: [[0; ROWS]; 8],
+        m: [[0; ROWS]; 8],
+        d: [0.0; ROWS],
+        neg_dmin: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let d = self.d[j] * f32::from(self.sc[sub][j]);
+        let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
+        std::array::from_fn(|k| (nibble_of(&self.qs[sub], j, k) as f32).mul_add(d, m))
+    }
+}
+
+impl Q4KGroup {
+    /// A matrix of `rows` rows of Q4_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q4_k_parts, Q4_K_BYTES};
+        super_block_groups(bytes, rows, Q4_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q4_k_parts(b);
+            group.d[j] = parts.d;
+            group.neg_dmin[j] = -parts.dmin;
+            for sub in 0..8 {
+                (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
+                for (k, &q) in parts.q[sub].iter().enumerate() {
+                    set_nibble(&mut group.qs[sub], j, k, q);
+                }
+            }
+        })
+    }
+}
+
+/// A Q6_K super-block of 8 rows: the low 4 bits of its 8 blocks laid out as [`Nibbles8`](super::groups::Nibbles8) lays
+/// out one; their high 2 bits, load `h` (bytes `32h..32h + 32`) of a block holding, in 16-bit
+/// lane `2j + e`, bits `2s..2s + 2`, those of weight `2r + e` of row `j` for register
+/// `r = 8h + s`; the 8-bit scales of each 16 weights; and per row the super-block's scale `d`
+/// (the file's f16). Weight `k` of block `sub` is `d·sc[2 sub + k / 16] · (q − 32)`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q6KGroup {
+    /// Each block's bits together, so that the weights are read in one stream.
+    pub blocks: [Q6Bits; 8],
+    /// `[2 · block + half][row]`.
+    pub sc: [[i8; ROWS]; 16],
+    pub d: [f32; ROWS],
+}
+
+/// The bits of one block of a [`Q6KGroup`]: the low 4 bits as [`Nibbles8`](super::groups::Nibbles8) lays them out, the
+/// high 2 bits of register `8h + s` at bits `2s..2s + 2` of load `h` of `qh`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q6Bits {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+}
+
+/// Byte and shift of 2 bits of weight `k` of row `j` in 64 bytes laid out as [`Q6Bits::qh`]:
+/// load `h` (bytes `32h..32h + 32`) holds, in 16-bit lane `2j + e`, bits `2s..2s + 2`, those of
+/// weight `2r + e` of row `j` for register `r = 8h + s`.
+fn two_bits_at(j: usize, k: usize) -> (usize, u32) {
+    let (r, e) = (k / 2, k % 2);
+    let (h, s) = (r / 8, r % 8);
+    (32 * h + 2 * (2 * j + e) + s / 4, 2 * (s % 4) as u32)
+}
+
+impl Group for Q6KGroup {
+    type Scales = F32Split;
+    const ZERO: Self = Self {
+        blocks: [Q6Bits {
+            ql: [0; 128],
+            qh: [0; 64],
+        }; 8],
+        sc: [[0; ROWS]; 16],
+        d: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let scale = |half: usize| self.d[j] * f32::from(self.sc[2 * sub + half][j]);
+        let (lo, hi) = (scale(0), scale(1));
+        std::array::from_fn(|k| {
+            let (byte, shift) = two_bits_at(j, k);
+            let high = i32::from((self.blocks[sub].qh[byte] >> shift) & 3);
+            let q = (nibble_of(&self.blocks[sub].ql, j, k) | (high << 4)) - 32;
+            (q as f32).mul_add(if k < 16 { lo } else { hi }, 0.0)
+        })
+    }
+}
+
+impl Q6KGroup {
+    /// A matrix of `rows` rows of Q6_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q6_k_parts, Q6_K_BYTES};
+        super_block_groups(bytes, rows, Q6_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q6_k_parts(b);
+            group.d[j] = parts.d;
+            for (half, &sc) in parts.scales.iter().enumerate() {
+                group.sc[half][j] = sc;
+            }
+            for (sub, q) in parts.q.iter().enumerate() {
+                for (k, &q) in q.iter().enumerate() {
+                    set_nibble(&mut group.blocks[sub].ql, j, k, q & 0x0F);
+                    let (byte, shift) = two_bits_at(j, k);
+                    group.blocks[sub].qh[byte] |= (q >> 4) << shift;
+                }
+            }
+        })
+    }
+}
+
+/// Byte and shift of 1 bit of weight `k` of row `j` in 32 bytes: 16-bit lane `2j + e` holds at
+/// bit `r` that of weight `2r + e` of row `j`.
+fn bit_at(j: usize, k: usize) -> (usize, u32) {
+    let (r, e) = (k / 2, k % 2);
+    (2 * (2 * j + e) + r / 8, (r % 8) as u32)
+}
+
+/// The `width` bits at `(byte, bit)` of `bytes`.
+fn field(bytes: &[u8], (byte, bit): (usize, u32), width: u32) -> u8 {
+    (bytes[byte] >> bit) & ((1 << width) - 1)
+}
+
+/// A Q5_K super-block of 8 rows: as [`Q4KGroup`], with each block's fifth bits beside its
+/// nibbles ([`Q5Bits`]). Weight `k` of block `sub` of row `j` is `d·sc · q + (−dmin)·m`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q5KGroup {
+    pub blocks: [Q5Bits; 8],
+    /// `[block][row]`.
+    pub sc: [[u8; ROWS]; 8],
+    pub m: [[u8; ROWS]; 8],
+    pub d: [f32; ROWS],
+    pub neg_dmin: [f32; ROWS],
+}
+
+/// The bits of one block of a [`Q5KGroup`]: the low 4 bits as [`Nibbles8`](super::groups::Nibbles8) lays them out, the
+/// fifth bit of register `r` at bit `r` of each 16-bit lane of `qh` ([`bit_at`]).
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q5Bits {
+    pub ql: [u8; 128],
+    pub qh: [u8; 32],
+}
+
+impl Group for Q5KGroup {
+    type Scales = F32Dm;
+    const ZERO: Self = Self {
+        blocks: [Q5Bits {
+            ql: [0; 128],
+            qh: [0; 32],
+        }; 8],
+        sc: [[0; ROWS]; 8],
+        m: [[0; ROWS]; 8],
+        d: [0.0; ROWS],
+        neg_dmin: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let d = self.d[j] * f32::from(self.sc[sub][j]);
+        let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
+        let bits = &self.blocks[sub];
+        std::array::from_fn(|k| {
+            let high = i32::from(field(&bits.qh, bit_at(j, k), 1));
+            let q = nibble_of(&bits.ql, j, k) | (high << 4);
+            (q as f32).mul_add(d, m)
+        })
+    }
+}
+
+impl Q5KGroup {
+    /// A matrix of `rows` rows of Q5_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q5_k_parts, Q5_K_BYTES};
+        super_block_groups(bytes, rows, Q5_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q5_k_parts(b);
+            group.d[j] = parts.d;
+            group.neg_dmin[j] = -parts.dmin;
+            for (sub, q) in parts.q.iter().enumerate() {
+                (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
+                let bits = &mut group.blocks[sub];
+                for (k, &q) in q.iter().enumerate() {
+                    set_nibble(&mut bits.ql, j, k, q & 0x0F);
+                    let (byte, shift) = bit_at(j, k);
+                    bits.qh[byte] |= (q >> 4) << shift;
+                }
+            }
+        })
+    }
+}
+
+/// A Q3_K super-block of 8 rows: each block's low 2 bits ([`two_bits_at`]) and third bits
+/// ([`bit_at`]) together ([`Q3Bits`]), the 6-bit scales (minus 32) of each 16 weights, and per
+/// row the super-block's scale `d` (the file's f16). Weight `k` of block `sub` is
+/// `d·sc[2 sub + k / 16] · (q − 4)`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q3KGroup {
+    pub blocks: [Q3Bits; 8],
+    /// `[2 · block + half][row]`.
+    pub sc: [[i8; ROWS]; 16],
+    pub d: [f32; ROWS],
+}
+
+/// The bits of one block of a [`Q3KGroup`].
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q3Bits {
+    pub ql: [u8; 64],
+    pub qh: [u8; 32],
+}
+
+impl Group for Q3KGroup {
+    type Scales = F32Split;
+    const ZERO: Self = Self {
+        blocks: [Q3Bits {
+            ql: [0; 64],
+            qh: [0; 32],
+        }; 8],
+        sc: [[0; ROWS]; 16],
+        d: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let scale = |half: usize| self.d[j] * f32::from(self.sc[2 * sub + half][j]);
+        let (lo, hi) = (scale(0), scale(1));
+        let bits = &self.blocks[sub];
+        std::array::from_fn(|k| {
+            let low = i32::from(field(&bits.ql, two_bits_at(j, k), 2));
+            let high = i32::from(field(&bits.qh, bit_at(j, k), 1));
+            let q = (low | (high << 2)) - 4;
+            (q as f32).mul_add(if k < 16 { lo } else { hi }, 0.0)
+        })
+    }
+}
+
+impl Q3KGroup {
+    /// A matrix of `rows` rows of Q3_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q3_k_parts, Q3_K_BYTES};
+        super_block_groups(bytes, rows, Q3_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q3_k_parts(b);
+            group.d[j] = parts.d;
+            for (half, &sc) in parts.scales.iter().enumerate() {
+                group.sc[half][j] = sc;
+            }
+            for (sub, q) in parts.q.iter().enumerate() {
+                let bits = &mut group.blocks[sub];
+                for (k, &q) in q.iter().enumerate() {
+                    let (byte, shift) = two_bits_at(j, k);
+                    bits.ql[byte] |= (q & 3) << shift;
+                    let (byte, shift) = bit_at(j, k);
+                    bits.qh[byte] |= (q >> 2) << shift;
+                }
+            }
+        })
+    }
+}
+
+/// A Q2_K super-block of 8 rows: each block's 2-bit weights ([`two_bits_at`]), the file's
+/// scale bytes (a 4-bit scale, above it a 4-bit min) of each 16 weights, and per row the
+/// super-block's scale `d` and negated min scale `−dmin` (the file's f16 values). Weight `k`
+/// of block `sub` is `d·(sc & 15) · q + (−dmin)·(sc >> 4)` with `sc = sc[2 sub + k / 16]`.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q2KGroup {
+    pub qs: [[u8; 64]; 8],
+    /// `[2 · block + half][row]`.
+    pub sc: [[u8; ROWS]; 16],
+    pub d: [f32; ROWS],
+    pub neg_dmin: [f32; ROWS],
+}
+
+impl Group for Q2KGroup {
+    type Scales = F32SplitDm;
+    const ZERO: Self = Self {
+        qs: [[0; 64]; 8],
+        sc: [[0; ROWS]; 16],
+        d: [0.0; ROWS],
+        neg_dmin: [0.0; ROWS],
+    };
+    const SUBS: usize = 8;
+
+    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
+        let scales = |half: usize| {
+            let sc = self.sc[2 * sub + half][j];
+            (
+                self.d[j] * f32::from(sc & 0x0F),
+                self.neg_dmin[j] * f32::from(sc >> 4),
+            )
+        };
+        let halves = [scales(0), scales(1)];
+        std::array::from_fn(|k| {
+            let q = field(&self.qs[sub], two_bits_at(j, k), 2);
+            let (d, m) = halves[k / 16];
+            f32::from(q).mul_add(d, m)
+        })
+    }
+}
+
+impl Q2KGroup {
+    /// A matrix of `rows` rows of Q2_K super-blocks (`bytes`, row-major) as
+    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        use super::blocks::{q2_k_parts, Q2_K_BYTES};
+        super_block_groups(bytes, rows, Q2_K_BYTES, |group: &mut Self, j, b| {
+            let parts = q2_k_parts(b);
+            group.d[j] = parts.d;
+            group.neg_dmin[j] = -parts.dmin;
+            for (half, &sc) in parts.scales.iter().enumerate() {
+                group.sc[half][j] = sc;
+            }
+            for (sub, q) in parts.q.iter().enumerate() {
+                for (k, &q) in q.iter().enumerate() {
+                    let (byte, shift) = two_bits_at(j, k);
+                    group.qs[sub][byte] |= q << shift;
+                }
+            }
+        })
+    }
+}
+
+/// `rows` rows of K-quant super-blocks of `size` bytes (`bytes`, row-major) as
+/// `ceil(rows / 8) × (super-blocks per row)` groups, each set row by row by `set(group, j,
+/// super-block bytes)`, group rows in parallel.
+fn super_block_groups<G: Group>(
+    bytes: &[u8],
+    rows: usize,
+    size: usize,
+    set: impl Fn(&mut G, usize, &[u8]) + Sync,
+) -> Vec<G> {
+    use rayon::prelude::*;
+    let per_row = bytes.len() / size / rows.max(1);
+    let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * per_row];
+    if per_row == 0 {
+        return groups;
+    }
+    groups
+        .par_chunks_mut(per_row)
+        .zip(bytes.par_chunks(ROWS * per_row * size))
+        .for_each(|(groups, bytes)| {
+            for (j, row) in bytes.chunks_exact(per_row * size).enumerate() {
+                for (group, b) in groups.iter_mut().zip(row.chunks_exact(size)) {
+                    set(group, j, b);
+                }
+            }
+        });
+    groups
+}
