@@ -293,9 +293,10 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Multiply 4-bit weights (Q4_0, Q4_1, Q4_K) with activations rounded to 8 bits, as
-    /// llama.cpp does: faster prefill and batched decode on the CPU, but answers may differ
-    /// from the default's where the model hesitates (README "8-bit activations").
+    /// Multiply weights with activations rounded to 8 bits, as llama.cpp does (every row of
+    /// Q4_0, Q4_1, Q4_K; prompt rows of Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, Q6_K): faster prefill
+    /// and batched decode on the CPU, but answers may differ from the default's where the
+    /// model hesitates (README "8-bit activations").
     #[arg(long)]
     pub int8: bool,
 }

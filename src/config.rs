@@ -29,7 +29,7 @@ pub struct ModelConfig {
     pub tokenizer: Option<PathBuf>,
     pub device: DeviceArg,
     pub threads: usize,
-    /// `--int8`: 8-bit activations for 4-bit weights.
+    /// `--int8`: 8-bit activations ([`crate::model::set_int8_activations`]).
     pub int8: bool,
 }
 

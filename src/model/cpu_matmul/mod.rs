@@ -461,7 +461,7 @@ pub fn matmul_group(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize) -> Vec<
     matmul_group_with(mats, x, decode_rows, int8_activations())
 }
 
-/// [`matmul_group`], prompt rows of 4-bit weights with 8-bit activations if `int8`.
+/// [`matmul_group`], with 8-bit activations (`--int8`) if `int8`.
 fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: bool) -> Vec<f32> {
     let cols = mats.first().map_or(1, |m| m.in_features);
     debug_assert!(mats.iter().all(|m| m.in_features == cols));
