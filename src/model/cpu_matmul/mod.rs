@@ -184,8 +184,9 @@ pub struct CpuQMatMul {
     unpacked8_bias: Option<i16>,
 }
 
-/// What makes every weight of `dtype` an unsigned byte of at most 63 for [`unpacked8`] (the
-/// types without a 4-bit layout, but Q8_0, whose bytes do not fit).
+/// What makes every weight of `dtype` an unsigned byte for [`unpacked8`] (the types without a
+/// 4-bit layout, but Q8_0, whose bytes do not fit): at most 63 with Q6_K's bias of 32, at most
+/// 31 for the others.
 fn unpacked8_bias(dtype: GgmlDType) -> Option<i16> {
     match dtype {
         GgmlDType::Q5_1 | GgmlDType::Q2K | GgmlDType::Q5K => Some(0),

@@ -42,13 +42,14 @@ pub struct Rows8 {
     /// One scale per block.
     pub(super) d: Vec<f32>,
     /// The exact f32 sum of each block's activations, for the weights' offsets.
-    sum: Vec<f32>,
+    pub(super) sum: Vec<f32>,
     /// The f32 sums of each block's activations 0..16 and 16..32, for offsets of each half
     /// ([`super::unpacked8`]).
     pub(super) half_sums: Vec<[f32; 2]>,
-    /// The sums of each block's 8-bit activations 0..16 and 16..32 (for weights with a bias,
-    /// [`super::unpacked8`]).
-    pub(super) q_sums: Vec<[i32; 2]>,
+    /// The sums of each block's 8-bit activations 0..16 and 16..32, and of all 32,
+    /// dequantized (`d · Σ q`), for weights with a bias ([`super::unpacked8`]).
+    pub(super) q_half_sums: Vec<[f32; 2]>,
+    pub(super) q_sums: Vec<f32>,
 }
 
 impl Rows8 {
@@ -68,7 +69,8 @@ impl Rows8 {
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],
             half_sums: vec![[0.0; 2]; blocks],
-            q_sums: vec![[0; 2]; blocks],
+            q_half_sums: vec![[0.0; 2]; blocks],
+            q_sums: vec![0.0; blocks],
         };
         // After the packs, 32-bit chunk c holds activations 4·[0, 8, 16, 24, 1, 9, 17, 25][c]..:
         // gather the chunks in order, then interleave each 8's halves ([`PERMUTATION`]).
@@ -86,10 +88,12 @@ impl Rows8 {
             _mm256_storeu_si256(rows.q.as_mut_ptr().add(b * QK) as *mut __m256i, q);
             (rows.d[b], rows.sum[b]) = (scale, sum);
             rows.half_sums[b] = super::avx2::half_sums(x.as_ptr().add(b * QK));
-            rows.q_sums[b] = [
+            let (lo, hi) = (
                 hsum_i32(_mm256_add_epi32(a, b2)),
                 hsum_i32(_mm256_add_epi32(c, d)),
-            ];
+            );
+            rows.q_half_sums[b] = [scale * lo as f32, scale * hi as f32];
+            rows.q_sums[b] = scale * (lo + hi) as f32;
         }
         rows
     }
