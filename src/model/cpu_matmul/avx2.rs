@@ -36,6 +36,21 @@ pub trait Avx2Group: Group {
     /// # Safety
     /// The CPU must support AVX2 and F16C; `sub < SUBS`.
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4];
+
+    /// Block `sub`'s scales as small integers times one factor per row, where the group has
+    /// them (the K-quants with a scale per 16 weights): the scale of weights 0..16 of row `j`
+    /// is `d[j] · lo[j]`, of weights 16..32 `d[j] · hi[j]`.
+    fn int_scales(&self, _sub: usize) -> Option<IntScales<'_>> {
+        None
+    }
+}
+
+/// [`Avx2Group::int_scales`].
+#[cfg(target_arch = "x86_64")]
+pub struct IntScales<'a> {
+    pub lo: [i8; 8],
+    pub hi: [i8; 8],
+    pub d: &'a [f32; 8],
 }
 
 /// AVX2 loads of a group's scales and offsets, as 8 f32 lanes (one per row).
@@ -301,6 +316,14 @@ impl Avx2Group for Q6KGroup {
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
         split_scales(&self.d, &self.sc[2 * sub], &self.sc[2 * sub + 1])
     }
+
+    fn int_scales(&self, sub: usize) -> Option<IntScales<'_>> {
+        Some(IntScales {
+            lo: self.sc[2 * sub],
+            hi: self.sc[2 * sub + 1],
+            d: &self.d,
+        })
+    }
 }
 
 /// `d·sc` of the 8 rows for each half of a block, exact products; no offsets.
@@ -430,6 +453,14 @@ impl Avx2Group for Q3KGroup {
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
         split_scales(&self.d, &self.sc[2 * sub], &self.sc[2 * sub + 1])
     }
+
+    fn int_scales(&self, sub: usize) -> Option<IntScales<'_>> {
+        Some(IntScales {
+            lo: self.sc[2 * sub],
+            hi: self.sc[2 * sub + 1],
+            d: &self.d,
+        })
+    }
 }
 
 /// `d·(sc & 15)` and `neg_dmin·(sc >> 4)` of 8 rows.
@@ -464,6 +495,16 @@ impl Avx2Group for Q2KGroup {
         let (d_lo, m_lo) = scale_and_min(&self.d, &self.neg_dmin, &self.sc[2 * sub]);
         let (d_hi, m_hi) = scale_and_min(&self.d, &self.neg_dmin, &self.sc[2 * sub + 1]);
         [d_lo, d_hi, m_lo, m_hi]
+    }
+
+    /// The 4-bit scales (the mins stay in the offsets).
+    fn int_scales(&self, sub: usize) -> Option<IntScales<'_>> {
+        let scale = |half: usize| self.sc[2 * sub + half].map(|b| (b & 0x0F) as i8);
+        Some(IntScales {
+            lo: scale(0),
+            hi: scale(1),
+            d: &self.d,
+        })
     }
 }
 

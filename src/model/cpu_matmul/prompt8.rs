@@ -50,6 +50,9 @@ pub struct Rows8 {
     /// dequantized (`d · Σ q`), for weights with a bias ([`super::unpacked8`]).
     pub(super) q_half_sums: Vec<[f32; 2]>,
     pub(super) q_sums: Vec<f32>,
+    /// The two halves' sums of 8-bit activations as 16-bit integers, `lo | hi << 16` (each at
+    /// most 16 · 127), for [`super::unpacked8`]'s integer scales.
+    pub(super) q_pairs: Vec<i32>,
 }
 
 impl Rows8 {
@@ -71,6 +74,7 @@ impl Rows8 {
             half_sums: vec![[0.0; 2]; blocks],
             q_half_sums: vec![[0.0; 2]; blocks],
             q_sums: vec![0.0; blocks],
+            q_pairs: vec![0; blocks],
         };
         // After the packs, 32-bit chunk c holds activations 4·[0, 8, 16, 24, 1, 9, 17, 25][c]..:
         // gather the chunks in order, then interleave each 8's halves ([`PERMUTATION`]).
@@ -94,6 +98,7 @@ impl Rows8 {
             );
             rows.q_half_sums[b] = [scale * lo as f32, scale * hi as f32];
             rows.q_sums[b] = scale * (lo + hi) as f32;
+            rows.q_pairs[b] = (lo as u16 as i32) | (hi << 16);
         }
         rows
     }

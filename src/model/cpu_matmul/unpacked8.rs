@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::Avx2Group;
+use super::avx2::{Avx2Group, IntScales};
 use super::blocks::QK;
 use super::prompt8::Rows8;
 
@@ -30,29 +30,50 @@ use super::prompt8::Rows8;
 pub struct Block8([u8; 256]);
 
 /// A chunk of weight groups unpacked for the tiles: per block (groups in order, then their
-/// blocks), the bytes and the scales and offsets ([`Avx2Group::scale_vectors`], with a bias
-/// `−bias·d` instead, those types having no offsets); and how the bytes were made.
+/// blocks), the bytes and their scaling ([`Scaling`]); and how the bytes were made.
 #[derive(Default)]
 pub struct Chunk8 {
-    blocks: Vec<(Block8, [__m256; 4])>,
+    blocks: Vec<(Block8, [__m256; 5])>,
     bias: i16,
-    /// Scales and offsets per half block.
-    split: bool,
+    scaling: Scaling,
     /// Bytes up to 63 (a bias of 32: Q6_K), else up to 31.
     wide: bool,
 }
 
-/// Unpacks `groups` into `chunk`, adding `bias` to every weight.
+/// How a chunk's blocks are scaled: the five vectors stored with each block.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Scaling {
+    /// One scale per block: `[d, _, offset, _, _]`.
+    #[default]
+    One,
+    /// A scale per half block in f32: `[d, d_hi, offset, offset_hi, _]`.
+    Halves,
+    /// A scale per half block as small integers ([`IntScales`]), both in each 32-bit lane:
+    /// `[d, sc, sc_hi, offset, offset_hi]` — the halves' sums are scaled in integers and
+    /// joined, then converted once (as llama.cpp's K-quant dot products do).
+    IntHalves,
+}
+
+/// Unpacks `groups` into `chunk`, adding `bias` to every weight. The offsets stored are the
+/// group's, or `−bias·d` with a bias (those types have no offsets of their own).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; every weight plus `bias` must lie in `0..=63`,
-/// in `0..=31` unless `bias` is 32.
+/// in `0..=31` unless `bias` is 32; `bias` is 0 or a power of two.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn unpack<G: Avx2Group>(groups: &[G], bias: i16, chunk: &mut Chunk8) {
     use super::groups::Scales;
     debug_assert!(bias == 0 || !G::Scales::OFFSET, "a bias and offsets");
+    debug_assert!(bias == 0 || (bias as u16).is_power_of_two());
     chunk.blocks.clear();
-    (chunk.bias, chunk.split, chunk.wide) = (bias, G::Scales::SPLIT, bias > 16);
+    (chunk.bias, chunk.wide) = (bias, bias > 16);
+    chunk.scaling = if !G::Scales::SPLIT {
+        Scaling::One
+    } else if groups.first().is_some_and(|g| g.int_scales(0).is_some()) {
+        Scaling::IntHalves
+    } else {
+        Scaling::Halves
+    };
     let add = _mm256_set1_epi16(bias);
     let neg_bias = _mm256_set1_ps(-f32::from(bias));
     for group in groups {
@@ -73,16 +94,32 @@ pub unsafe fn unpack<G: Avx2Group>(groups: &[G], bias: i16, chunk: &mut Chunk8) 
                 _mm256_store_si256(p.add(2 * l + 1), odd);
             }
             let [d, d_hi, m, m_hi] = group.scale_vectors(sub);
-            let offsets = if bias != 0 {
-                [_mm256_mul_ps(neg_bias, d), _mm256_mul_ps(neg_bias, d_hi)]
-            } else {
-                [m, m_hi]
+            let zero = _mm256_setzero_ps();
+            let scaling = match (chunk.scaling, group.int_scales(sub)) {
+                (Scaling::IntHalves, Some(IntScales { lo, hi, d })) => {
+                    let d = _mm256_loadu_ps(d.as_ptr());
+                    let offsets = if bias != 0 { [zero, zero] } else { [m, m_hi] };
+                    [d, twice(&lo), twice(&hi), offsets[0], offsets[1]]
+                }
+                _ if bias != 0 => {
+                    let offsets = [_mm256_mul_ps(neg_bias, d), _mm256_mul_ps(neg_bias, d_hi)];
+                    [d, d_hi, offsets[0], offsets[1], zero]
+                }
+                _ => [d, d_hi, m, m_hi, zero],
             };
-            chunk
-                .blocks
-                .push((block, [d, d_hi, offsets[0], offsets[1]]));
+            chunk.blocks.push((block, scaling));
         }
     }
+}
+
+/// 8 small integers, each in both 16-bit halves of its 32-bit lane (for `vpmaddwd`), as the
+/// bits of an f32 vector.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn twice(v: &[i8; 8]) -> __m256 {
+    let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(v.as_ptr() as *const __m128i));
+    let low = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+    _mm256_castsi256_ps(_mm256_or_si256(low, _mm256_slli_epi32::<16>(v)))
 }
 
 /// Registers `4l..4l + 4` of block `sub`, whatever the group's registers per load.
@@ -106,58 +143,81 @@ unsafe fn registers4<G: Avx2Group>(group: &G, sub: usize, l: usize) -> [__m256i;
 /// rows of `nb` blocks.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn tile<const T: usize>(chunk: &Chunk8, x: &Rows8, r0: usize, out: &mut [f32]) {
-    match (chunk.split, chunk.wide, chunk.bias != 0) {
-        (false, false, false) => tile_of::<T, false, false, false>(chunk, x, r0, out),
-        (false, false, true) => tile_of::<T, false, false, true>(chunk, x, r0, out),
-        (false, true, false) => tile_of::<T, false, true, false>(chunk, x, r0, out),
-        (false, true, true) => tile_of::<T, false, true, true>(chunk, x, r0, out),
-        (true, false, false) => tile_of::<T, true, false, false>(chunk, x, r0, out),
-        (true, false, true) => tile_of::<T, true, false, true>(chunk, x, r0, out),
-        (true, true, false) => tile_of::<T, true, true, false>(chunk, x, r0, out),
-        (true, true, true) => tile_of::<T, true, true, true>(chunk, x, r0, out),
+    const ONE: u8 = Scaling::One as u8;
+    const HALVES: u8 = Scaling::Halves as u8;
+    const INT: u8 = Scaling::IntHalves as u8;
+    macro_rules! dispatch {
+        ($($s:ident $w:literal $b:literal),*) => {
+            match (chunk.scaling as u8, chunk.wide, chunk.bias != 0) {
+                $(($s, $w, $b) => tile_of::<T, $s, $w, $b>(chunk, x, r0, out),)*
+                _ => unreachable!(),
+            }
+        };
     }
+    dispatch!(
+        ONE false false, ONE false true, ONE true false, ONE true true,
+        HALVES false false, HALVES false true, HALVES true false, HALVES true true,
+        INT false false, INT false true, INT true false, INT true true
+    )
 }
 
-/// [`tile`] for a chunk of `SPLIT` scales (a scale and offset per half block), `WIDE` bytes
-/// (up to 63, else 31) and a bias (`BIASED`).
+/// [`tile`] for a chunk of [`Scaling`] `SCALING`, `WIDE` bytes (up to 63, else 31) and a bias
+/// (`BIASED`).
 ///
 /// Per half block and row, four `vpmaddubsw` whose 16-bit pair sums stay exact (four of bytes
-/// up to 31: 4 · 2 · 31 · 127 = 31,496; two of bytes up to 63), widened by `vpmaddwd`. The
-/// bias comes off with the dequantized sum of the 8-bit activations (`−bias·d` times `da · Σ a`,
-/// so the products are those of `q`, as in llama.cpp's dot products); the offsets multiply the
-/// exact f32 sums.
+/// up to 31: 4 · 2 · 31 · 127 = 31,496; two of bytes up to 63), widened by `vpmaddwd` — times
+/// the half's integer scale with [`Scaling::IntHalves`], the bias then taken off in integers
+/// with the halves' sums of 8-bit activations (`Σ sc·q·a` exactly, at most 2^24); else the bias
+/// comes off as `−bias·d` times the dequantized sum of the 8-bit activations. Offsets multiply
+/// the exact f32 sums.
 ///
 /// # Safety
 /// As [`tile`].
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn tile_of<const T: usize, const SPLIT: bool, const WIDE: bool, const BIASED: bool>(
+unsafe fn tile_of<const T: usize, const SCALING: u8, const WIDE: bool, const BIASED: bool>(
     chunk: &Chunk8,
     x: &Rows8,
     r0: usize,
     out: &mut [f32],
 ) {
+    let int = SCALING == Scaling::IntHalves as u8;
+    let split = SCALING != Scaling::One as u8;
     let cols = x.cols;
     let nb = cols / QK;
     debug_assert!(r0 + T <= x.len() && chunk.blocks.len().is_multiple_of(nb));
     debug_assert!(out.len() >= chunk.blocks.len() / nb * T * 8);
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
-    // The sums the offsets multiply: of the 8-bit activations with a bias, else exact.
-    let (halves_of, all_of) = if BIASED {
+    // The sums the offsets multiply: of the 8-bit activations with a bias (unless it comes off
+    // in integers), else exact.
+    let (halves_of, all_of) = if BIASED && !int {
         (x.q_half_sums.as_ptr(), x.q_sums.as_ptr())
     } else {
         (x.half_sums.as_ptr(), x.sum.as_ptr())
     };
     let (halves_of, all_of) = (halves_of.add(r0 * nb), all_of.add(r0 * nb));
+    let q_pairs = x.q_pairs.as_ptr().add(r0 * nb);
+    let shift = _mm_cvtsi32_si128(chunk.bias.trailing_zeros() as i32);
     let ones = _mm256_set1_epi16(1);
     for (g, row) in chunk.blocks.chunks_exact(nb).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
-        for (b, (block, [dw, dw_hi, m, m_hi])) in row.iter().enumerate() {
+        for (b, (block, scaling)) in row.iter().enumerate() {
             let w = block.0.as_ptr() as *const __m256i;
-            // Per row, the exact sums of each half block's products.
+            // The 16-bit multipliers of each half's pair sums.
+            let widen = if int {
+                [
+                    _mm256_castps_si256(scaling[1]),
+                    _mm256_castps_si256(scaling[2]),
+                ]
+            } else {
+                [ones, ones]
+            };
+            // Per row, the exact sums of each half block's products (with integer scales,
+            // both halves in the first).
             let mut halves = [[_mm256_setzero_si256(); 2]; T];
-            for half in 0..2 {
+            for (half, &widen) in widen.iter().enumerate() {
+                let into = usize::from(half == 1 && !int);
                 let mut pairs = [_mm256_setzero_si256(); T];
                 for p in 4 * half..4 * half + 4 {
                     let w = _mm256_load_si256(w.add(p));
@@ -166,34 +226,47 @@ unsafe fn tile_of<const T: usize, const SPLIT: bool, const WIDE: bool, const BIA
                         let a = _mm256_set1_epi32(a.read_unaligned());
                         *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(w, a));
                     }
-                    if WIDE && p % 2 == 1 {
-                        for (halves, pairs) in halves.iter_mut().zip(pairs.iter_mut()) {
-                            let wide = _mm256_madd_epi16(*pairs, ones);
-                            halves[half] = _mm256_add_epi32(halves[half], wide);
-                            *pairs = _mm256_setzero_si256();
-                        }
+                    if !WIDE && p % 4 != 3 || WIDE && p % 2 == 0 {
+                        continue;
                     }
-                }
-                if !WIDE {
-                    for (halves, pairs) in halves.iter_mut().zip(pairs) {
-                        halves[half] = _mm256_madd_epi16(pairs, ones);
+                    for (halves, pairs) in halves.iter_mut().zip(pairs.iter_mut()) {
+                        let wide = _mm256_madd_epi16(*pairs, widen);
+                        halves[into] = _mm256_add_epi32(halves[into], wide);
+                        *pairs = _mm256_setzero_si256();
                     }
                 }
             }
             for (t, acc) in acc.iter_mut().enumerate() {
                 let da = _mm256_set1_ps(*d.add(t * nb + b));
-                if SPLIT {
+                if int {
+                    let mut ints = halves[t][0];
+                    if BIASED {
+                        // Σ sc·a over each half, times the bias.
+                        let sc = _mm256_blend_epi16::<0xAA>(widen[0], widen[1]);
+                        let qa = _mm256_set1_epi32(*q_pairs.add(t * nb + b));
+                        let bias = _mm256_sll_epi32(_mm256_madd_epi16(sc, qa), shift);
+                        ints = _mm256_sub_epi32(ints, bias);
+                    }
+                    let ints = _mm256_cvtepi32_ps(ints);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(scaling[0], da), *acc);
+                    if !BIASED {
+                        let [lo, hi] = *halves_of.add(t * nb + b);
+                        *acc = _mm256_fmadd_ps(scaling[3], _mm256_set1_ps(lo), *acc);
+                        *acc = _mm256_fmadd_ps(scaling[4], _mm256_set1_ps(hi), *acc);
+                    }
+                } else if split {
                     let [lo, hi] = *halves_of.add(t * nb + b);
                     let ints = _mm256_cvtepi32_ps(halves[t][0]);
-                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(*dw, da), *acc);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(scaling[0], da), *acc);
                     let ints = _mm256_cvtepi32_ps(halves[t][1]);
-                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(*dw_hi, da), *acc);
-                    *acc = _mm256_fmadd_ps(*m, _mm256_set1_ps(lo), *acc);
-                    *acc = _mm256_fmadd_ps(*m_hi, _mm256_set1_ps(hi), *acc);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(scaling[1], da), *acc);
+                    *acc = _mm256_fmadd_ps(scaling[2], _mm256_set1_ps(lo), *acc);
+                    *acc = _mm256_fmadd_ps(scaling[3], _mm256_set1_ps(hi), *acc);
                 } else {
                     let ints = _mm256_cvtepi32_ps(_mm256_add_epi32(halves[t][0], halves[t][1]));
-                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(*dw, da), *acc);
-                    *acc = _mm256_fmadd_ps(*m, _mm256_set1_ps(*all_of.add(t * nb + b)), *acc);
+                    *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(scaling[0], da), *acc);
+                    let sum = _mm256_set1_ps(*all_of.add(t * nb + b));
+                    *acc = _mm256_fmadd_ps(scaling[2], sum, *acc);
                 }
             }
         }
