@@ -302,11 +302,21 @@ pub(super) fn nibble_of(qs: &[u8; 128], j: usize, k: usize) -> i32 {
     i32::from((qs[byte] >> shift) & 0x0F)
 }
 
-/// Sets weight `k` of row `j` (in 0..16) of the 128 bytes of a [`Nibbles8`] block.
-pub(super) fn set_nibble(qs: &mut [u8; 128], j: usize, k: usize, q: u8) {
-    debug_assert!(q < 16);
-    let (byte, shift) = nibble_at(j, k);
-    qs[byte] = (qs[byte] & !(0x0F << shift)) | (q << shift);
+/// Sets row `j` of the 128 bytes of a [`Nibbles8`] block to the 4-bit weights `q` (each
+/// below 16), whole bytes at a time (loading a model sets every weight): load `l` holds
+/// weights `8l..8l + 8` of row `j` in its bytes `4j..4j + 4`, as
+/// `[w0 | w2 << 4, w4 | w6 << 4, w1 | w3 << 4, w5 | w7 << 4]` ([`nibble_at`]).
+pub(super) fn set_nibble_row(qs: &mut [u8; 128], j: usize, q: &[u8; QK]) {
+    debug_assert!(q.iter().all(|&q| q < 16));
+    for (l, w) in q.chunks_exact(8).enumerate() {
+        let bytes = [
+            w[0] | w[2] << 4,
+            w[4] | w[6] << 4,
+            w[1] | w[3] << 4,
+            w[5] | w[7] << 4,
+        ];
+        qs[32 * l + 4 * j..][..4].copy_from_slice(&bytes);
+    }
 }
 
 impl<S: Scales> Group for Nibbles8<S> {
@@ -324,9 +334,7 @@ impl<S: Scales> Group for Nibbles8<S> {
 impl<S: Scales> BlockGroup for Nibbles8<S> {
     fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
         debug_assert!(q.iter().all(|q| (0..16).contains(q)));
-        for (k, &q) in q.iter().enumerate() {
-            set_nibble(&mut self.qs, j, k, q as u8);
-        }
+        set_nibble_row(&mut self.qs, j, &q.map(|q| q as u8));
         self.scales.set(j, d, m);
     }
 

@@ -6,7 +6,7 @@
 //! file's bytes instead of 1.3-2.9× as blocks of 32 with f32 scales.
 
 use super::blocks::QK;
-use super::groups::{nibble_of, set_nibble, F32Dm, F32Split, F32SplitDm, Group, ROWS};
+use super::groups::{nibble_of, set_nibble_row, F32Dm, F32Split, F32SplitDm, Group, ROWS};
 
 /// A Q4_K super-block of 8 rows: its 8 blocks' nibbles laid out as [`Nibbles8`](super::groups::Nibbles8) lays out one,
 /// their 6-bit scales and mins as bytes, and per row the super-block's scale `d` and negated
@@ -52,9 +52,7 @@ impl Q4KGroup {
             group.neg_dmin[j] = -parts.dmin;
             for sub in 0..8 {
                 (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
-                for (k, &q) in parts.q[sub].iter().enumerate() {
-                    set_nibble(&mut group.qs[sub], j, k, q);
-                }
+                set_nibble_row(&mut group.qs[sub], j, &parts.q[sub]);
             }
         })
     }
@@ -129,13 +127,32 @@ impl Q6KGroup {
                 group.sc[half][j] = sc;
             }
             for (sub, q) in parts.q.iter().enumerate() {
-                for (k, &q) in q.iter().enumerate() {
-                    set_nibble(&mut group.blocks[sub].ql, j, k, q & 0x0F);
-                    let (byte, shift) = two_bits_at(j, k);
-                    group.blocks[sub].qh[byte] |= (q >> 4) << shift;
-                }
+                set_nibble_row(&mut group.blocks[sub].ql, j, &q.map(|q| q & 0x0F));
+                set_two_bit_row(&mut group.blocks[sub].qh, j, &q.map(|q| q >> 4));
             }
         })
+    }
+}
+
+/// Sets row `j` of 64 bytes laid out as [`two_bits_at`] to the 2-bit values `q` (each below
+/// 4), whole bytes at a time: load `h` holds weights `16h..16h + 16` of row `j` in its bytes
+/// `4j..4j + 4`, byte `2e + t` holding at bits `2f` weight `16h + 8t + 2f + e`.
+fn set_two_bit_row(bytes: &mut [u8; 64], j: usize, q: &[u8; QK]) {
+    debug_assert!(q.iter().all(|&q| q < 4));
+    for h in 0..2 {
+        for (e, t) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let at = |f: usize| q[16 * h + 8 * t + 2 * f + e] << (2 * f);
+            bytes[32 * h + 4 * j + 2 * e + t] = at(0) | at(1) | at(2) | at(3);
+        }
+    }
+}
+
+/// Sets row `j` of 32 bytes laid out as [`bit_at`] to the bits `q` (each 0 or 1): byte
+/// `4j + 2e + t` holds at bit `b` weight `2(8t + b) + e`.
+fn set_bit_row(bytes: &mut [u8; 32], j: usize, q: &[u8; QK]) {
+    debug_assert!(q.iter().all(|&q| q < 2));
+    for (e, t) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        bytes[4 * j + 2 * e + t] = (0..8).fold(0, |byte, b| byte | q[2 * (8 * t + b) + e] << b);
     }
 }
 
@@ -211,11 +228,8 @@ impl Q5KGroup {
             for (sub, q) in parts.q.iter().enumerate() {
                 (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
                 let bits = &mut group.blocks[sub];
-                for (k, &q) in q.iter().enumerate() {
-                    set_nibble(&mut bits.ql, j, k, q & 0x0F);
-                    let (byte, shift) = bit_at(j, k);
-                    bits.qh[byte] |= (q >> 4) << shift;
-                }
+                set_nibble_row(&mut bits.ql, j, &q.map(|q| q & 0x0F));
+                set_bit_row(&mut bits.qh, j, &q.map(|q| q >> 4));
             }
         })
     }
@@ -280,12 +294,8 @@ impl Q3KGroup {
             }
             for (sub, q) in parts.q.iter().enumerate() {
                 let bits = &mut group.blocks[sub];
-                for (k, &q) in q.iter().enumerate() {
-                    let (byte, shift) = two_bits_at(j, k);
-                    bits.ql[byte] |= (q & 3) << shift;
-                    let (byte, shift) = bit_at(j, k);
-                    bits.qh[byte] |= (q >> 2) << shift;
-                }
+                set_two_bit_row(&mut bits.ql, j, &q.map(|q| q & 3));
+                set_bit_row(&mut bits.qh, j, &q.map(|q| q >> 2));
             }
         })
     }
@@ -345,10 +355,7 @@ impl Q2KGroup {
                 group.sc[half][j] = sc;
             }
             for (sub, q) in parts.q.iter().enumerate() {
-                for (k, &q) in q.iter().enumerate() {
-                    let (byte, shift) = two_bits_at(j, k);
-                    group.qs[sub][byte] |= q << shift;
-                }
+                set_two_bit_row(&mut group.qs[sub], j, q);
             }
         })
     }
