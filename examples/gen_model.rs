@@ -2,7 +2,7 @@
 //! tokenizer and a ChatML template: for speed checks where the real weights cannot travel
 //! (the GPU machine) — speed does not depend on the values.
 //!
-//! cargo run --release --example gen_model -- OUT.gguf [tiny|135m|1b] [q4_0|q4_1|q8_0|q2_k|q3_k|q4_k|q5_k|q6_k]
+//! cargo run --release --example gen_model -- OUT.gguf [tiny|135m|1b] [f32|f16|bf16|q4_0|q4_1|q8_0|q2_k|q3_k|q4_k|q5_k|q6_k]
 //! (the K-quants need the 1b shape: every dimension a multiple of 256)
 //! cargo run --release --example gen_model -- OUT.gguf ref-ARCH
 //! (`SyntheticSpec::reference(ARCH)`, the files compared with llama.cpp's logits)
@@ -22,6 +22,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let dtype = match args.next().as_deref().unwrap_or("q4_0") {
+        "f32" => GgmlDType::F32,
+        "f16" => GgmlDType::F16,
+        "bf16" => GgmlDType::BF16,
         "q4_0" => GgmlDType::Q4_0,
         "q4_1" => GgmlDType::Q4_1,
         "q8_0" => GgmlDType::Q8_0,
@@ -31,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         "q5_k" => GgmlDType::Q5K,
         "q6_k" => GgmlDType::Q6K,
         other => {
-            anyhow::bail!("unknown dtype {other} (q4_0, q4_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k)")
+            anyhow::bail!("unknown dtype {other} (f32, f16, bf16, q4_0, q4_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k)")
         }
     };
     let base = SyntheticSpec {

@@ -32,6 +32,19 @@ pub fn run_range<G: Kernel>(
     o0: usize,
     o1: usize,
 ) {
+    run_range_with(w, cols, x, y, stride, (o0, o1), pack::<G>);
+}
+
+/// [`run_range`] with the panels of `w` made by `pack(groups, per_row, panel)`.
+pub fn run_range_with<G: Group>(
+    w: &[G],
+    cols: usize,
+    x: &[f32],
+    y: SharedOut,
+    stride: usize,
+    (o0, o1): (usize, usize),
+    pack: fn(&[G], usize, &mut [f32]),
+) {
     let per_row = cols / QK / G::SUBS;
     let rows = x.len() / cols;
     if rows == 0 {

@@ -23,6 +23,7 @@ mod avx2;
 mod blocks;
 #[cfg(target_arch = "x86_64")]
 mod decode;
+mod floats;
 mod gemm;
 mod groups;
 #[cfg(target_arch = "x86_64")]
@@ -51,7 +52,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use super::cpu_storage::contiguous;
 use super::team::SharedOut;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, QK, QK_K};
+use floats::Floats8;
 use groups::{interleave, BlockGroup, Bytes8, F16Dm, Group, Nibbles8, F16D, ROWS};
+use half::{bf16, f16};
 use super_blocks::{Q2KGroup, Q3KGroup, Q4KGroup, Q5KGroup, Q6KGroup};
 
 pub use avx2::available as avx2_available;
@@ -90,6 +93,10 @@ enum Packed {
     Q4K(Vec<Q4KGroup>),
     Q5K(Vec<Q5KGroup>),
     Q6K(Vec<Q6KGroup>),
+    /// Unquantized, every row through the GEMM ([`floats`]).
+    F32(Vec<Floats8<f32>>),
+    F16(Vec<Floats8<f16>>),
+    BF16(Vec<Floats8<bf16>>),
 }
 
 /// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`]): the
@@ -130,6 +137,9 @@ macro_rules! with_groups {
             Packed::Q4K($g) => $body,
             Packed::Q5K($g) => $body,
             Packed::Q6K($g) => $body,
+            Packed::F32(_) | Packed::F16(_) | Packed::BF16(_) => {
+                unreachable!("unquantized weights take the GEMM alone")
+            }
         }
     };
 }
@@ -153,7 +163,10 @@ pub fn int8_activations() -> bool {
 }
 
 /// The GGUF weight types the kernel holds.
-pub const KERNEL_TYPES: [GgmlDType; 10] = [
+pub const KERNEL_TYPES: [GgmlDType; 13] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
@@ -239,6 +252,9 @@ impl CpuQMatMul {
             GgmlDType::Q4K => Packed::Q4K(Q4KGroup::matrix(&data, rows)),
             GgmlDType::Q5K => Packed::Q5K(Q5KGroup::matrix(&data, rows)),
             GgmlDType::Q6K => Packed::Q6K(Q6KGroup::matrix(&data, rows)),
+            GgmlDType::F32 => Packed::F32(floats::matrix(&data, rows, in_features)),
+            GgmlDType::F16 => Packed::F16(floats::matrix(&data, rows, in_features)),
+            GgmlDType::BF16 => Packed::BF16(floats::matrix(&data, rows, in_features)),
             _ => return Ok(None),
         };
         Ok(Some(Self {
@@ -290,7 +306,46 @@ impl CpuQMatMul {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = x8;
-        with_groups!(&*self.packed, w => self.run_rows(w, x, x16, decode_rows, y, stride, range))
+        let rows = (x, decode_rows);
+        match &*self.packed {
+            Packed::F32(w) => self.run_floats(w, rows, y, stride, range),
+            Packed::F16(w) => self.run_floats(w, rows, y, stride, range),
+            Packed::BF16(w) => self.run_floats(w, rows, y, stride, range),
+            packed => {
+                with_groups!(packed, w => self.run_rows(w, x, x16, decode_rows, y, stride, range))
+            }
+        }
+    }
+
+    /// [`Self::run_range`] for unquantized weights: decode rows through [`floats::tile`] (with
+    /// AVX2), prompt rows through the GEMM; both one FMA chain per output, the same bits.
+    fn run_floats<E: floats::Element>(
+        &self,
+        w: &[Floats8<E>],
+        (x, decode_rows): (&[f32], usize),
+        y: SharedOut,
+        stride: usize,
+        range: (usize, usize),
+    ) {
+        let cols = self.in_features;
+        let (decode, prompt) = if avx2::available() {
+            x.split_at(decode_rows * cols)
+        } else {
+            (&x[..0], x)
+        };
+        let rows = decode.len() / cols;
+        for_each_tile(w, cols, rows, range, y, stride, |groups, r0, t, out| {
+            let x = &decode[r0 * cols..(r0 + t) * cols];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2, FMA and F16C were detected; x holds t rows.
+            with_tile_rows!(t, T => unsafe { floats::tile::<E, T>(groups, cols, x, out) });
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (groups, x, out);
+        });
+        let skipped = x.len() / cols - prompt.len() / cols;
+        // SAFETY: the prompt rows' outputs start after the decode rows done above.
+        let y_prompt = unsafe { SharedOut(y.at(skipped * stride)) };
+        gemm::run_range_with(w, cols, prompt, y_prompt, stride, range, floats::pack);
     }
 
     /// Whether all its rows can take 8-bit activations ([`prompt8`]).
@@ -641,7 +696,13 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    const TYPES: [GgmlDType; 10] = KERNEL_TYPES;
+    const TYPES: [GgmlDType; 13] = KERNEL_TYPES;
+
+    /// The types with decode tiles and AVX2 registers (all but F32, F16, BF16).
+    fn quantized() -> impl Iterator<Item = GgmlDType> {
+        let float = [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16];
+        TYPES.into_iter().filter(move |t| !float.contains(t))
+    }
 
     /// Odd output sizes; inputs a multiple of 32, or of 256 for the K-quants.
     fn shapes(dtype: GgmlDType) -> [(usize, usize); 3] {
@@ -688,9 +749,43 @@ mod tests {
                 assert!(got == want, "{dtype:?} groups {range:?}");
             }
         }
-        for dtype in TYPES {
+        for dtype in quantized() {
             let k = packed_blocks(dtype);
             with_groups!(&*k.packed, g => check(g, k.in_features, dtype))
+        }
+        // Unquantized weights: floats::pack against the portable packing.
+        for dtype in [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16] {
+            let k = packed_blocks(dtype);
+            let n = k.in_features / QK;
+            let check = |pack: &dyn Fn(&mut [f32], bool)| {
+                let (mut want, mut got) = (
+                    vec![1f32; k.in_features * gemm::NR],
+                    vec![2f32; k.in_features * gemm::NR],
+                );
+                pack(&mut want, false);
+                pack(&mut got, true);
+                assert!(got == want, "{dtype:?}");
+            };
+            for range in [2 * n..4 * n, 4 * n..5 * n] {
+                macro_rules! both {
+                    ($g:expr) => {
+                        check(&|panel: &mut [f32], avx2: bool| {
+                            panel.fill(0.0);
+                            if avx2 {
+                                floats::pack(&$g[range.clone()], n, panel)
+                            } else {
+                                gemm::pack_portable(&$g[range.clone()], n, panel)
+                            }
+                        })
+                    };
+                }
+                match &*k.packed {
+                    Packed::F32(g) => both!(g),
+                    Packed::F16(g) => both!(g),
+                    Packed::BF16(g) => both!(g),
+                    _ => unreachable!(),
+                }
+            }
         }
     }
 
@@ -709,7 +804,12 @@ mod tests {
             let qw = QTensor::quantize(&w, dtype).unwrap();
             let want = candle_weights(&qw);
             let k = CpuQMatMul::from_qtensor(&qw).unwrap().unwrap();
-            let got: Vec<f32> = with_groups!(&*k.packed, g => rows(g, 9, 512));
+            let got: Vec<f32> = match &*k.packed {
+                Packed::F32(g) => rows(g, 9, 512),
+                Packed::F16(g) => rows(g, 9, 512),
+                Packed::BF16(g) => rows(g, 9, 512),
+                packed => with_groups!(packed, g => rows(g, 9, 512)),
+            };
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 // ggml computes d·q − m with a separate multiply; ours is one FMA.
@@ -789,7 +889,7 @@ mod tests {
                 }
             }
         }
-        for dtype in TYPES {
+        for dtype in quantized() {
             let k = packed_blocks(dtype);
             let (rows, cols) = (k.out_features, k.in_features);
             with_groups!(&*k.packed, g => check(g, rows, cols, dtype))
@@ -917,6 +1017,10 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let x = random(13 * inp, 6);
+            if !quantized().any(|t| t == dtype) {
+                // Unquantized: decode rows (their tile) and prompt rows (the GEMM) agree.
+                assert_eq!(k.matmul(&x, 13), k.matmul(&x, 0), "{dtype:?}");
+            }
             // Decode rows alone, prompt rows alone, and 5 decode rows before 8 prompt rows.
             for (decode_rows, int8) in [13, 0, 5].into_iter().flat_map(|d| [(d, false), (d, true)])
             {
