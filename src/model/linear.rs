@@ -12,8 +12,6 @@ use super::cpu_matmul::{CpuQMatMul, CpuQMatMulGroup, KERNEL_TYPES};
 pub fn cpu_matmul_path(dtype: GgmlDType) -> &'static str {
     if KERNEL_TYPES.contains(&dtype) {
         "batched kernel"
-    } else if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-        "candle gemm"
     } else {
         "candle, row by row (slow)"
     }
