@@ -9,7 +9,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 #[cfg(target_arch = "x86_64")]
-use super::groups::{Bytes8, F16Dm, F32Dm, F32Split, Group, Nibbles8, Scales, F16D};
+use super::groups::{
+    Bytes8, F16Dm, F32Dm, F32Split, Fives8, Group, Nibbles8, Q5Bits, Scales, F16D,
+};
 #[cfg(target_arch = "x86_64")]
 use super::super_blocks::{Q2KGroup, Q3KGroup, Q4KGroup, Q5KGroup, Q6KGroup};
 
@@ -21,6 +23,13 @@ pub const REGS: usize = 16;
 pub trait Avx2Group: Group {
     /// Registers per 32-byte load of weights.
     const PER_LOAD: usize;
+
+    /// What makes every weight an unsigned byte for `unpacked8` (at most 31, or 63 with
+    /// [`Self::UNPACK_WIDE`]); `None` for the groups that do not go there (4-bit ones have
+    /// `prompt8`; Q8_0's bytes do not fit).
+    const UNPACK_BIAS: Option<i16> = None;
+    /// Whether the unpacked bytes reach 63 (Q6_K).
+    const UNPACK_WIDE: bool = false;
 
     /// Registers `l · PER_LOAD..(l + 1) · PER_LOAD` of block `sub` (the first `PER_LOAD`
     /// entries): lane `j` of register `r` holds weights `2r, 2r + 1` of row `j` as 16-bit
@@ -179,8 +188,8 @@ pub unsafe fn block_scales<G: Avx2Group>(group: &G, scales: &mut [[__m256; 4]; 8
     }
 }
 
-// (No closures in the target-feature functions here: a closure does not inherit the
-// features, so its intrinsics would be calls.)
+// (Intrinsics are kept out of closures in the target-feature functions here: closures only
+// inherit the features since Rust 1.86, and an intrinsic without them is a call.)
 
 /// 8 unsigned bytes as f32.
 #[cfg(target_arch = "x86_64")]
@@ -279,6 +288,8 @@ impl Avx2Group for Q4KGroup {
 #[cfg(target_arch = "x86_64")]
 impl Avx2Group for Q6KGroup {
     const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = Some(32);
+    const UNPACK_WIDE: bool = true;
 
     /// `(low | high << 4) − 32`: the low nibbles as [`Nibbles8`] lays them out, the high two
     /// bits of registers `8h..8h + 8` at bits `2s..2s + 2` of load `h` of the high bits.
@@ -356,8 +367,8 @@ unsafe fn two_bit_registers(v: __m256i) -> [__m256i; 4] {
     ]
 }
 
-/// Registers `4l..4l + 4` of 2-bit weights laid out as `two_bits_at` in `groups.rs` lays them
-/// out (64 bytes: load `l / 2`, fields `4(l % 2)..4(l % 2) + 4` of each lane).
+/// Registers `4l..4l + 4` of 2-bit weights laid out as `two_bits_at` in `super_blocks.rs` lays
+/// them out (64 bytes: load `l / 2`, fields `4(l % 2)..4(l % 2) + 4` of each lane).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -370,8 +381,8 @@ unsafe fn two_bits(bytes: &[u8; 64], l: usize) -> [__m256i; 4] {
     })
 }
 
-/// Bits `4l..4l + 4` of each 16-bit lane of `qh` (one bit per register, `bit_at` in
-/// `groups.rs`) moved to bits `0..4`.
+/// Bits `4l..4l + 4` of each 16-bit lane of `qh` (one bit per register, [`super::groups`]'
+/// `bit_at`) moved to bits `0..4`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -385,32 +396,67 @@ unsafe fn bits_of_load(qh: &[u8; 32], l: usize) -> __m256i {
     }
 }
 
+/// Registers `4l..4l + 4` of 5-bit weights, `low | high << 4`: the nibbles as [`Nibbles8`]
+/// lays them out, the fifth bit of register `r` at bit `r` of each lane of `qh`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn five_bits(bits: &Q5Bits, l: usize) -> [__m256i; 4] {
+    let low = nibble_registers(_mm256_load_si256(
+        bits.ql.as_ptr().add(32 * l) as *const __m256i
+    ));
+    let high = bits_of_load(&bits.qh, l);
+    let fifth = _mm256_set1_epi16(0x10);
+    let at_4 = [
+        _mm256_slli_epi16::<4>(high),
+        _mm256_slli_epi16::<3>(high),
+        _mm256_slli_epi16::<2>(high),
+        _mm256_slli_epi16::<1>(high),
+    ];
+    let mut q = low;
+    for (q, at_4) in q.iter_mut().zip(at_4) {
+        *q = _mm256_or_si256(*q, _mm256_and_si256(at_4, fifth));
+    }
+    q
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Fives8<SIGNED, S> {
+    const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = Some(Self::BIAS as i16);
+
+    /// The stored weights less the bias (16 for Q5_0's signed ones).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, _sub: usize, l: usize) -> [__m256i; 4] {
+        let mut q = five_bits(&self.bits, l);
+        if SIGNED {
+            let bias = _mm256_set1_epi16(Self::BIAS as i16);
+            for q in q.iter_mut() {
+                *q = _mm256_sub_epi16(*q, bias);
+            }
+        }
+        q
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, _sub: usize) -> [__m256; 4] {
+        vectors(&self.scales)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Avx2Group for Q5KGroup {
     const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = Some(0);
 
     /// `low | high << 4`: the nibbles as [`Nibbles8`] lays them out, the fifth bit of
     /// register `r` at bit `r` of each lane of the block's `qh`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
-        let bits = &self.blocks[sub];
-        let low = nibble_registers(_mm256_load_si256(
-            bits.ql.as_ptr().add(32 * l) as *const __m256i
-        ));
-        let high = bits_of_load(&bits.qh, l);
-        let fifth = _mm256_set1_epi16(0x10);
-        let at_4 = [
-            _mm256_slli_epi16::<4>(high),
-            _mm256_slli_epi16::<3>(high),
-            _mm256_slli_epi16::<2>(high),
-            _mm256_slli_epi16::<1>(high),
-        ];
-        let mut q = low;
-        for (q, at_4) in q.iter_mut().zip(at_4) {
-            *q = _mm256_or_si256(*q, _mm256_and_si256(at_4, fifth));
-        }
-        q
+        five_bits(&self.blocks[sub], l)
     }
 
     /// As [`Q4KGroup`]'s.
@@ -426,6 +472,7 @@ impl Avx2Group for Q5KGroup {
 #[cfg(target_arch = "x86_64")]
 impl Avx2Group for Q3KGroup {
     const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = Some(4);
 
     /// `(low | high << 2) − 4` from the block's 2-bit fields and third bits.
     #[target_feature(enable = "avx2,fma")]
@@ -480,6 +527,7 @@ unsafe fn scale_and_min(d: &[f32; 8], neg_dmin: &[f32; 8], sc: &[u8; 8]) -> (__m
 #[cfg(target_arch = "x86_64")]
 impl Avx2Group for Q2KGroup {
     const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = Some(0);
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]

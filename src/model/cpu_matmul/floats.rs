@@ -1,8 +1,8 @@
-//! Unquantized weights (F32, F16, BF16), 8 rows at a time as the file has them, for the
-//! prompt-row GEMM ([`super::gemm`]), which every row of these types takes: a panel is the
-//! weights widened to f32, and each output one FMA chain over the columns in order, the same
-//! in every batch. (candle held these matrices as f32 — twice an F16 file's bytes — and
-//! multiplied them itself.)
+//! Unquantized weights (F32, F16, BF16), 8 rows at a time as the file has them: prompt rows
+//! through the GEMM ([`super::gemm`], a panel is the weights widened to f32), decode rows
+//! through [`tile`]; each output is one FMA chain over the columns in order either way, so
+//! both kinds of rows give the same bits, in every batch. (candle held these matrices as f32 —
+//! twice an F16 file's bytes — and multiplied them itself.)
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

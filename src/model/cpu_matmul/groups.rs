@@ -403,3 +403,93 @@ impl<const SIGNED: bool, S: Scales> BlockGroup for Bytes8<SIGNED, S> {
         &self.scales
     }
 }
+
+/// Byte and shift of 1 bit of weight `k` of row `j` in 32 bytes: 16-bit lane `2j + e` holds at
+/// bit `r` that of weight `2r + e` of row `j`.
+pub(super) fn bit_at(j: usize, k: usize) -> (usize, u32) {
+    let (r, e) = (k / 2, k % 2);
+    (2 * (2 * j + e) + r / 8, (r % 8) as u32)
+}
+
+/// Sets row `j` of 32 bytes laid out as [`bit_at`] to the bits `q` (each 0 or 1): byte
+/// `4j + 2e + t` holds at bit `b` weight `2(8t + b) + e`.
+pub(super) fn set_bit_row(bytes: &mut [u8; 32], j: usize, q: &[u8; QK]) {
+    debug_assert!(q.iter().all(|&q| q < 2));
+    for (e, t) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        bytes[4 * j + 2 * e + t] = (0..8).fold(0, |byte, b| byte | q[2 * (8 * t + b) + e] << b);
+    }
+}
+
+/// The `width` bits at `(byte, bit)` of `bytes`.
+pub(super) fn field(bytes: &[u8], (byte, bit): (usize, u32), width: u32) -> u8 {
+    (bytes[byte] >> bit) & ((1 << width) - 1)
+}
+
+/// 5-bit weights of 8 rows: the low 4 bits as [`Nibbles8`] lays them out, the fifth bit of
+/// register `r` at bit `r` of each 16-bit lane of `qh` ([`bit_at`]).
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q5Bits {
+    pub ql: [u8; 128],
+    pub qh: [u8; 32],
+}
+
+impl Q5Bits {
+    pub const ZERO: Self = Self {
+        ql: [0; 128],
+        qh: [0; 32],
+    };
+
+    /// Sets row `j` to `q` (each below 32).
+    pub fn set_row(&mut self, j: usize, q: &[u8; QK]) {
+        set_nibble_row(&mut self.ql, j, &q.map(|q| q & 0x0F));
+        set_bit_row(&mut self.qh, j, &q.map(|q| q >> 4));
+    }
+
+    /// Weight `k` of row `j`, in 0..32.
+    pub fn int(&self, j: usize, k: usize) -> i32 {
+        nibble_of(&self.ql, j, k) | i32::from(field(&self.qh, bit_at(j, k), 1)) << 4
+    }
+}
+
+/// 5-bit weights (Q5_0 `SIGNED`, `q − 16`; Q5_1 `q`) held in 5 bits ([`Q5Bits`]): 192 bytes
+/// per 8 rows, the file's 176 and 192 (as bytes they took 272 and 288).
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Fives8<const SIGNED: bool, S> {
+    pub bits: Q5Bits,
+    pub scales: S,
+}
+
+impl<const SIGNED: bool, S> Fives8<SIGNED, S> {
+    /// What is added to a weight to store it.
+    pub const BIAS: i32 = if SIGNED { 16 } else { 0 };
+}
+
+impl<const SIGNED: bool, S: Scales> Group for Fives8<SIGNED, S> {
+    type Scales = S;
+    const ZERO: Self = Self {
+        bits: Q5Bits::ZERO,
+        scales: S::ZERO,
+    };
+
+    fn dequantize_row(&self, j: usize, _sub: usize) -> [f32; QK] {
+        dequantize_block_row(self, j)
+    }
+}
+
+impl<const SIGNED: bool, S: Scales> BlockGroup for Fives8<SIGNED, S> {
+    fn set_row(&mut self, j: usize, q: &[i32; QK], d: [f32; 2], m: f32) {
+        debug_assert!(q.iter().all(|q| (0..32).contains(&(q + Self::BIAS))));
+        self.bits.set_row(j, &q.map(|q| (q + Self::BIAS) as u8));
+        self.scales.set(j, d, m);
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        self.bits.int(j, k) - Self::BIAS
+    }
+
+    fn scales(&self) -> &S {
+        &self.scales
+    }
+}

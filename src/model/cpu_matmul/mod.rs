@@ -53,7 +53,7 @@ use super::cpu_storage::contiguous;
 use super::team::SharedOut;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, QK, QK_K};
 use floats::Floats8;
-use groups::{interleave, BlockGroup, Bytes8, F16Dm, Group, Nibbles8, F16D, ROWS};
+use groups::{interleave, BlockGroup, Bytes8, F16Dm, Fives8, Group, Nibbles8, F16D, ROWS};
 use half::{bf16, f16};
 use super_blocks::{Q2KGroup, Q3KGroup, Q4KGroup, Q5KGroup, Q6KGroup};
 
@@ -83,17 +83,18 @@ impl<G: Group> Kernel for G {}
 enum Packed {
     /// Q4_0 and Q4_1.
     Q4(Vec<Nibbles8<F16Dm>>),
-    /// Q8_0, and Q5_0 (its 5-bit weights as signed bytes).
+    /// Q8_0.
     Q8_0(Vec<Bytes8<true, F16D>>),
-    /// Q5_1: 5-bit weights as unsigned bytes, f16 scale and offset.
-    Q5_1(Vec<Bytes8<false, F16Dm>>),
+    /// Q5_0 (5 bits less 16, f16 scale) and Q5_1 (5 bits, f16 scale and offset).
+    Q5_0(Vec<Fives8<true, F16D>>),
+    Q5_1(Vec<Fives8<false, F16Dm>>),
     /// K-quant super-blocks, 8 rows each.
     Q2K(Vec<Q2KGroup>),
     Q3K(Vec<Q3KGroup>),
     Q4K(Vec<Q4KGroup>),
     Q5K(Vec<Q5KGroup>),
     Q6K(Vec<Q6KGroup>),
-    /// Unquantized, every row through the GEMM ([`floats`]).
+    /// Unquantized ([`floats`]): decode rows through their FMA tile, prompt rows the GEMM.
     F32(Vec<Floats8<f32>>),
     F16(Vec<Floats8<f16>>),
     BF16(Vec<Floats8<bf16>>),
@@ -131,6 +132,7 @@ macro_rules! with_groups {
         match $packed {
             Packed::Q4($g) => $body,
             Packed::Q8_0($g) => $body,
+            Packed::Q5_0($g) => $body,
             Packed::Q5_1($g) => $body,
             Packed::Q2K($g) => $body,
             Packed::Q3K($g) => $body,
@@ -138,7 +140,7 @@ macro_rules! with_groups {
             Packed::Q5K($g) => $body,
             Packed::Q6K($g) => $body,
             Packed::F32(_) | Packed::F16(_) | Packed::BF16(_) => {
-                unreachable!("unquantized weights take the GEMM alone")
+                unreachable!("unquantized weights have their own tile and panels")
             }
         }
     };
@@ -193,20 +195,25 @@ pub struct CpuQMatMul {
     packed: Arc<Packed>,
     out_features: usize,
     in_features: usize,
-    /// With `--int8`, prompt rows through [`unpacked8`] with this bias on the weights.
-    unpacked8_bias: Option<i16>,
+    /// With `--int8`, prompt rows through [`unpacked8`].
+    unpacks: bool,
 }
 
-/// What makes every weight of `dtype` an unsigned byte for [`unpacked8`] (the types without a
-/// 4-bit layout, but Q8_0, whose bytes do not fit): at most 63 with Q6_K's bias of 32, at most
-/// 31 for the others.
-fn unpacked8_bias(dtype: GgmlDType) -> Option<i16> {
-    match dtype {
-        GgmlDType::Q5_1 | GgmlDType::Q2K | GgmlDType::Q5K => Some(0),
-        GgmlDType::Q3K => Some(4),
-        GgmlDType::Q5_0 => Some(16),
-        GgmlDType::Q6K => Some(32),
-        _ => None,
+/// Whether the prompt rows of `packed` can go through [`unpacked8`] (its groups say how their
+/// weights become bytes: every type but the 4-bit ones, which have [`prompt8`], Q8_0, whose
+/// bytes do not fit, and the unquantized ones).
+fn unpacks(packed: &Packed) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    fn of<G: Kernel>(_: &[G]) -> bool {
+        G::UNPACK_BIAS.is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn of<G: Kernel>(_: &[G]) -> bool {
+        false
+    }
+    match packed {
+        Packed::F32(_) | Packed::F16(_) | Packed::BF16(_) => false,
+        packed => with_groups!(packed, g => of(g)),
     }
 }
 
@@ -244,7 +251,7 @@ impl CpuQMatMul {
         let packed = match qt.dtype() {
             GgmlDType::Q4_0 => Packed::Q4(decode::<BlockQ4_0, _>(&data, rows)),
             GgmlDType::Q4_1 => Packed::Q4(decode::<BlockQ4_1, _>(&data, rows)),
-            GgmlDType::Q5_0 => Packed::Q8_0(decode::<BlockQ5_0, _>(&data, rows)),
+            GgmlDType::Q5_0 => Packed::Q5_0(decode::<BlockQ5_0, _>(&data, rows)),
             GgmlDType::Q5_1 => Packed::Q5_1(decode::<BlockQ5_1, _>(&data, rows)),
             GgmlDType::Q8_0 => Packed::Q8_0(decode::<BlockQ8_0, _>(&data, rows)),
             GgmlDType::Q2K => Packed::Q2K(Q2KGroup::matrix(&data, rows)),
@@ -258,10 +265,10 @@ impl CpuQMatMul {
             _ => return Ok(None),
         };
         Ok(Some(Self {
+            unpacks: unpacks(&packed),
             packed: Arc::new(packed),
             out_features,
             in_features,
-            unpacked8_bias: unpacked8_bias(qt.dtype()),
         }))
     }
 
@@ -297,10 +304,10 @@ impl CpuQMatMul {
                 Packed::Q4K(w) => return self.run_int8(w, x8, y, stride, range),
                 _ => {}
             }
-            if let Some(bias) = self.unpacked8_bias {
+            if self.unpacks {
                 let rows8 = (x, x16, x8, decode_rows);
                 return with_groups!(&*self.packed, w => {
-                    self.run_unpacked8(w, bias, rows8, y, stride, range)
+                    self.run_unpacked8(w, rows8, y, stride, range)
                 });
             }
         }
@@ -355,7 +362,7 @@ impl CpuQMatMul {
 
     /// Whether its prompt rows, at least, can take 8-bit activations.
     fn takes_int8_prompt(&self) -> bool {
-        self.takes_int8() || self.unpacked8_bias.is_some()
+        self.takes_int8() || self.unpacks
     }
 
     /// [`Self::run_range`] with decode rows through the 16-bit tiles and prompt rows (of
@@ -365,7 +372,6 @@ impl CpuQMatMul {
     fn run_unpacked8<G: Kernel>(
         &self,
         w: &[G],
-        bias: i16,
         (x, x16, x8, decode_rows): (&[f32], Option<&Rows16>, &Rows8, usize),
         y: SharedOut,
         stride: usize,
@@ -378,11 +384,10 @@ impl CpuQMatMul {
         let mut chunk = unpacked8::Chunk8::default();
         let prompt_rows = x8.len() - decode_rows;
         let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
-            // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; the bias makes
-            // this type's weights bytes of at most 63 ([`unpacked8_bias`]); x8 holds the rows.
+            // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; x8 holds the rows.
             unsafe {
                 if r0 == 0 {
-                    unpacked8::unpack(groups, bias, &mut chunk);
+                    unpacked8::unpack(groups, &mut chunk);
                 }
                 with_tile_rows!(t, T => unpacked8::tile::<T>(&chunk, x8, decode_rows + r0, out))
             }
@@ -971,6 +976,38 @@ mod tests {
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 88);
     }
 
+    /// Q5_0 and Q5_1 held in 5 bits ([`Fives8`], 192 bytes per 8 rows: the file's 176 and 192)
+    /// give the same bits in every kernel as their former form, a byte per weight (272 and 288).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn five_bit_blocks_equal_their_bytes() {
+        if !avx2_available() {
+            return;
+        }
+        let (out, cols) = (37usize, 768);
+        let w = Tensor::from_vec(random(out * cols, 23), (out, cols), &Device::Cpu).unwrap();
+        let x = random(4 * cols, 24);
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        let x16 = unsafe { Rows16::quantize(&x, cols) };
+        let data = |dtype| {
+            QTensor::quantize(&w, dtype)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec()
+        };
+        let q5_0 = data(GgmlDType::Q5_0);
+        let fives: Vec<Fives8<true, F16D>> = decode::<BlockQ5_0, _>(&q5_0, out);
+        let bytes: Vec<Bytes8<true, F16D>> = decode::<BlockQ5_0, _>(&q5_0, out);
+        assert_eq!(size_of::<Fives8<true, F16D>>(), 192);
+        same_bits(&fives, &bytes, cols, &x, &x16);
+        let q5_1 = data(GgmlDType::Q5_1);
+        let fives: Vec<Fives8<false, F16Dm>> = decode::<BlockQ5_1, _>(&q5_1, out);
+        let bytes: Vec<Bytes8<false, F16Dm>> = decode::<BlockQ5_1, _>(&q5_1, out);
+        assert_eq!(size_of::<Fives8<false, F16Dm>>(), 192);
+        same_bits(&fives, &bytes, cols, &x, &x16);
+    }
+
     /// Decode tiles of 1-4 rows and prompt-row panels of `whole` equal those of `blocks`.
     #[cfg(target_arch = "x86_64")]
     fn same_bits<W: Kernel, B: Kernel>(
@@ -996,7 +1033,7 @@ mod tests {
             assert!(a == b, "{name}: decode tile of {t} rows");
         }
         let (mut a, mut b) = (vec![0f32; cols * gemm::NR], vec![0f32; cols * gemm::NR]);
-        let (n_whole, n_blocks) = (cols / QK_K, cols / QK);
+        let (n_whole, n_blocks) = (cols / QK / W::SUBS, cols / QK / B::SUBS);
         // SAFETY: AVX2, FMA and F16C were detected by the caller.
         unsafe {
             gemm::pack_avx2(&whole[2 * n_whole..4 * n_whole], n_whole, &mut a);

@@ -6,7 +6,10 @@
 //! file's bytes instead of 1.3-2.9× as blocks of 32 with f32 scales.
 
 use super::blocks::QK;
-use super::groups::{nibble_of, set_nibble_row, F32Dm, F32Split, F32SplitDm, Group, ROWS};
+use super::groups::{
+    bit_at, field, nibble_of, set_bit_row, set_nibble_row, F32Dm, F32Split, F32SplitDm, Group,
+    Q5Bits, ROWS,
+};
 
 /// A Q4_K super-block of 8 rows: its 8 blocks' nibbles laid out as [`Nibbles8`](super::groups::Nibbles8) lays out one,
 /// their 6-bit scales and mins as bytes, and per row the super-block's scale `d` and negated
@@ -147,29 +150,8 @@ fn set_two_bit_row(bytes: &mut [u8; 64], j: usize, q: &[u8; QK]) {
     }
 }
 
-/// Sets row `j` of 32 bytes laid out as [`bit_at`] to the bits `q` (each 0 or 1): byte
-/// `4j + 2e + t` holds at bit `b` weight `2(8t + b) + e`.
-fn set_bit_row(bytes: &mut [u8; 32], j: usize, q: &[u8; QK]) {
-    debug_assert!(q.iter().all(|&q| q < 2));
-    for (e, t) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-        bytes[4 * j + 2 * e + t] = (0..8).fold(0, |byte, b| byte | q[2 * (8 * t + b) + e] << b);
-    }
-}
-
-/// Byte and shift of 1 bit of weight `k` of row `j` in 32 bytes: 16-bit lane `2j + e` holds at
-/// bit `r` that of weight `2r + e` of row `j`.
-fn bit_at(j: usize, k: usize) -> (usize, u32) {
-    let (r, e) = (k / 2, k % 2);
-    (2 * (2 * j + e) + r / 8, (r % 8) as u32)
-}
-
-/// The `width` bits at `(byte, bit)` of `bytes`.
-fn field(bytes: &[u8], (byte, bit): (usize, u32), width: u32) -> u8 {
-    (bytes[byte] >> bit) & ((1 << width) - 1)
-}
-
 /// A Q5_K super-block of 8 rows: as [`Q4KGroup`], with each block's fifth bits beside its
-/// nibbles ([`Q5Bits`]). Weight `k` of block `sub` of row `j` is `d·sc · q + (−dmin)·m`.
+/// nibbles ([`Q5Bits`](super::groups::Q5Bits)). Weight `k` of block `sub` of row `j` is `d·sc · q + (−dmin)·m`.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
 pub struct Q5KGroup {
@@ -181,22 +163,10 @@ pub struct Q5KGroup {
     pub neg_dmin: [f32; ROWS],
 }
 
-/// The bits of one block of a [`Q5KGroup`]: the low 4 bits as [`Nibbles8`](super::groups::Nibbles8) lays them out, the
-/// fifth bit of register `r` at bit `r` of each 16-bit lane of `qh` ([`bit_at`]).
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Q5Bits {
-    pub ql: [u8; 128],
-    pub qh: [u8; 32],
-}
-
 impl Group for Q5KGroup {
     type Scales = F32Dm;
     const ZERO: Self = Self {
-        blocks: [Q5Bits {
-            ql: [0; 128],
-            qh: [0; 32],
-        }; 8],
+        blocks: [Q5Bits::ZERO; 8],
         sc: [[0; ROWS]; 8],
         m: [[0; ROWS]; 8],
         d: [0.0; ROWS],
@@ -207,12 +177,7 @@ impl Group for Q5KGroup {
     fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
         let d = self.d[j] * f32::from(self.sc[sub][j]);
         let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
-        let bits = &self.blocks[sub];
-        std::array::from_fn(|k| {
-            let high = i32::from(field(&bits.qh, bit_at(j, k), 1));
-            let q = nibble_of(&bits.ql, j, k) | (high << 4);
-            (q as f32).mul_add(d, m)
-        })
+        std::array::from_fn(|k| (self.blocks[sub].int(j, k) as f32).mul_add(d, m))
     }
 }
 
@@ -227,9 +192,7 @@ impl Q5KGroup {
             group.neg_dmin[j] = -parts.dmin;
             for (sub, q) in parts.q.iter().enumerate() {
                 (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
-                let bits = &mut group.blocks[sub];
-                set_nibble_row(&mut bits.ql, j, &q.map(|q| q & 0x0F));
-                set_bit_row(&mut bits.qh, j, &q.map(|q| q >> 4));
+                group.blocks[sub].set_row(j, q);
             }
         })
     }

@@ -9,9 +9,11 @@
 //! bytes that meet a broadcast of four activations. A half block (16 weights) is four
 //! `vpmaddubsw` whose 16-bit sums stay exact (4 · 2 · 31 · 127 = 31,496 for bytes up to 31;
 //! Q6_K's, up to 63, are widened after every two), then one `vpmaddwd`. The bias comes off
-//! as `−bias·d` times the dequantized sum of the half's 8-bit activations, so the products
-//! are those of `q` (as in llama.cpp's K-quant dot products); the offsets (Q5_1, Q2_K, Q5_K)
-//! multiply the exact f32 sums of the activations, as in [`super::prompt8`].
+//! against the sums of the 8-bit activations, so the products are those of `q` (as in
+//! llama.cpp's dot products): in integers for the types with integer scales per half block
+//! (Q3_K, Q6_K), else as `−bias·d` times the dequantized sum (Q5_0: the block's); the offsets
+//! (Q5_1, Q2_K, Q5_K) multiply the exact f32 sums of the activations, as in
+//! [`super::prompt8`].
 //!
 //! Decode rows of these types stay on the 16-bit kernel (unpacking a chunk for a few rows
 //! costs more than it saves). A prompt row takes this path whatever rows share its step, so
@@ -36,7 +38,7 @@ pub struct Chunk8 {
     blocks: Vec<(Block8, [__m256; 5])>,
     bias: i16,
     scaling: Scaling,
-    /// Bytes up to 63 (a bias of 32: Q6_K), else up to 31.
+    /// Bytes up to 63 (Q6_K), else up to 31.
     wide: bool,
 }
 
@@ -54,19 +56,26 @@ enum Scaling {
     IntHalves,
 }
 
-/// Unpacks `groups` into `chunk`, adding `bias` to every weight. The offsets stored are the
-/// group's, or `−bias·d` with a bias (those types have no offsets of their own).
+/// Unpacks `groups` into `chunk`, adding the group type's bias ([`Avx2Group::UNPACK_BIAS`],
+/// 0 or a power of two) to every weight. The offsets stored are the group's, or `−bias·d` with
+/// a bias (those types have no offsets of their own).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; every weight plus `bias` must lie in `0..=63`,
-/// in `0..=31` unless `bias` is 32; `bias` is 0 or a power of two.
+/// The CPU must support AVX2, FMA and F16C; `G::UNPACK_BIAS` is some.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn unpack<G: Avx2Group>(groups: &[G], bias: i16, chunk: &mut Chunk8) {
+pub unsafe fn unpack<G: Avx2Group>(groups: &[G], chunk: &mut Chunk8) {
     use super::groups::Scales;
-    debug_assert!(bias == 0 || !G::Scales::OFFSET, "a bias and offsets");
-    debug_assert!(bias == 0 || (bias as u16).is_power_of_two());
+    const {
+        if let Some(bias) = G::UNPACK_BIAS {
+            assert!(bias == 0 || !G::Scales::OFFSET, "a bias and offsets");
+            assert!(bias == 0 || (bias as u16).is_power_of_two());
+        }
+    };
+    let Some(bias) = G::UNPACK_BIAS else {
+        unreachable!("only groups with a bias for bytes are unpacked")
+    };
     chunk.blocks.clear();
-    (chunk.bias, chunk.wide) = (bias, bias > 16);
+    (chunk.bias, chunk.wide) = (bias, G::UNPACK_WIDE);
     chunk.scaling = if !G::Scales::SPLIT {
         Scaling::One
     } else if groups.first().is_some_and(|g| g.int_scales(0).is_some()) {
