@@ -10,10 +10,10 @@ use half::f16;
 
 #[cfg(target_arch = "x86_64")]
 use super::groups::{
-    Bytes8, F16Dm, F32Dm, F32Split, Fives8, Group, Nibbles8, Q5Bits, Scales, F16D,
+    BlockBits, Bytes8, F16Dm, F32Dm, F32Split, Fives8, Group, Nibbles8, Q5Bits, Scales, F16D,
 };
 #[cfg(target_arch = "x86_64")]
-use super::super_blocks::{Q2KGroup, Q3KGroup, Q4KGroup, Q5KGroup, Q6KGroup};
+use super::super_blocks::{MinGroup, Q2KGroup, Q3Bits, Q4Bits, Q4KGroup, Q6Bits, SplitGroup};
 
 /// Registers per group: weights `2r, 2r + 1` of the 8 rows for `r` in `0..REGS`.
 pub const REGS: usize = 16;
@@ -240,15 +240,6 @@ impl<S: Avx2Scales> Avx2Nibbles for Nibbles8<S> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Avx2Nibbles for Q4KGroup {
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn load(&self, sub: usize, l: usize) -> __m256i {
-        _mm256_load_si256(self.qs[sub].as_ptr().add(32 * l) as *const __m256i)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
     const PER_LOAD: usize = 4;
 
@@ -265,42 +256,71 @@ impl<S: Avx2Scales> Avx2Group for Nibbles8<S> {
     }
 }
 
+/// A block's bits ([`BlockBits`]) as 16-bit registers: lane `j` of register `r` holds weights
+/// `2r, 2r + 1` of row `j`, less the bias.
 #[cfg(target_arch = "x86_64")]
-impl Avx2Group for Q4KGroup {
-    const PER_LOAD: usize = 4;
+pub trait Avx2Bits: BlockBits {
+    /// [`Avx2Group::UNPACK_BIAS`] of the groups of these blocks: their bias, but for 4-bit
+    /// blocks, which have `prompt8`.
+    const UNPACK_BIAS: Option<i16> = Some(Self::BIAS as i16);
+
+    /// Registers `4l..4l + 4`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `l < 4`.
+    unsafe fn registers(&self, l: usize) -> [__m256i; 4];
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Bits for Q4Bits {
+    const UNPACK_BIAS: Option<i16> = None;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
-        nibble_registers(self.load(sub, l))
-    }
-
-    /// `d·sc` and `(−dmin)·m` of the 8 rows, exact products as the file's dequantization has.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
-        let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
-        let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
-        [d, d, m, m]
+    unsafe fn registers(&self, l: usize) -> [__m256i; 4] {
+        nibble_registers(_mm256_load_si256(
+            self.0.as_ptr().add(32 * l) as *const __m256i
+        ))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Avx2Group for Q6KGroup {
-    const PER_LOAD: usize = 4;
-    const UNPACK_BIAS: Option<i16> = Some(32);
-    const UNPACK_WIDE: bool = true;
+impl Avx2Bits for Q5Bits {
+    /// `low | high << 4`: the nibbles as [`Nibbles8`] lays them out, the fifth bit of
+    /// register `r` at bit `r` of each lane of `qh`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, l: usize) -> [__m256i; 4] {
+        let low = nibble_registers(_mm256_load_si256(
+            self.ql.as_ptr().add(32 * l) as *const __m256i
+        ));
+        let high = bits_of_load(&self.qh, l);
+        let fifth = _mm256_set1_epi16(0x10);
+        let at_4 = [
+            _mm256_slli_epi16::<4>(high),
+            _mm256_slli_epi16::<3>(high),
+            _mm256_slli_epi16::<2>(high),
+            _mm256_slli_epi16::<1>(high),
+        ];
+        let mut q = low;
+        for (q, at_4) in q.iter_mut().zip(at_4) {
+            *q = _mm256_or_si256(*q, _mm256_and_si256(at_4, fifth));
+        }
+        q
+    }
+}
 
+#[cfg(target_arch = "x86_64")]
+impl Avx2Bits for Q6Bits {
     /// `(low | high << 4) − 32`: the low nibbles as [`Nibbles8`] lays them out, the high two
     /// bits of registers `8h..8h + 8` at bits `2s..2s + 2` of load `h` of the high bits.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+    unsafe fn registers(&self, l: usize) -> [__m256i; 4] {
         let low = nibble_registers(_mm256_load_si256(
-            self.blocks[sub].ql.as_ptr().add(32 * l) as *const __m256i
+            self.ql.as_ptr().add(32 * l) as *const __m256i
         ));
-        let high =
-            _mm256_load_si256(self.blocks[sub].qh.as_ptr().add(32 * (l / 2)) as *const __m256i);
+        let high = _mm256_load_si256(self.qh.as_ptr().add(32 * (l / 2)) as *const __m256i);
         // Registers 4l..4l + 4 are fields 4(l % 2)..4(l % 2) + 4 of their load.
         let high = if l.is_multiple_of(2) {
             high
@@ -319,6 +339,73 @@ impl Avx2Group for Q6KGroup {
             six_bits(low[2], fields[2]),
             six_bits(low[3], fields[3]),
         ]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Bits for Q3Bits {
+    /// `(low | high << 2) − 4` from the block's 2-bit fields and third bits.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, l: usize) -> [__m256i; 4] {
+        let low = two_bits(&self.ql, l);
+        let high = bits_of_load(&self.qh, l);
+        let third = _mm256_set1_epi16(4);
+        let at_2 = [
+            _mm256_slli_epi16::<2>(high),
+            _mm256_slli_epi16::<1>(high),
+            high,
+            _mm256_srli_epi16::<1>(high),
+        ];
+        let mut q = low;
+        for (q, at_2) in q.iter_mut().zip(at_2) {
+            *q = _mm256_sub_epi16(_mm256_or_si256(*q, _mm256_and_si256(at_2, third)), third);
+        }
+        q
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Nibbles for Q4KGroup {
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(&self, sub: usize, l: usize) -> __m256i {
+        _mm256_load_si256(self.blocks[sub].0.as_ptr().add(32 * l) as *const __m256i)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<B: Avx2Bits> Avx2Group for MinGroup<B> {
+    const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = B::UNPACK_BIAS;
+    const UNPACK_WIDE: bool = B::MAX > 31;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        self.blocks[sub].registers(l)
+    }
+
+    /// `d·sc` and `(−dmin)·m` of the 8 rows, exact products as the file's dequantization has.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
+        let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
+        let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
+        [d, d, m, m]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<B: Avx2Bits> Avx2Group for SplitGroup<B> {
+    const PER_LOAD: usize = 4;
+    const UNPACK_BIAS: Option<i16> = B::UNPACK_BIAS;
+    const UNPACK_WIDE: bool = B::MAX > 31;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
+        self.blocks[sub].registers(l)
     }
 
     /// `d·sc` of the 8 rows for each half of block `sub`, exact products.
@@ -396,30 +483,6 @@ unsafe fn bits_of_load(qh: &[u8; 32], l: usize) -> __m256i {
     }
 }
 
-/// Registers `4l..4l + 4` of 5-bit weights, `low | high << 4`: the nibbles as [`Nibbles8`]
-/// lays them out, the fifth bit of register `r` at bit `r` of each lane of `qh`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn five_bits(bits: &Q5Bits, l: usize) -> [__m256i; 4] {
-    let low = nibble_registers(_mm256_load_si256(
-        bits.ql.as_ptr().add(32 * l) as *const __m256i
-    ));
-    let high = bits_of_load(&bits.qh, l);
-    let fifth = _mm256_set1_epi16(0x10);
-    let at_4 = [
-        _mm256_slli_epi16::<4>(high),
-        _mm256_slli_epi16::<3>(high),
-        _mm256_slli_epi16::<2>(high),
-        _mm256_slli_epi16::<1>(high),
-    ];
-    let mut q = low;
-    for (q, at_4) in q.iter_mut().zip(at_4) {
-        *q = _mm256_or_si256(*q, _mm256_and_si256(at_4, fifth));
-    }
-    q
-}
-
 #[cfg(target_arch = "x86_64")]
 impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Fives8<SIGNED, S> {
     const PER_LOAD: usize = 4;
@@ -429,7 +492,7 @@ impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Fives8<SIGNED, S> {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn registers(&self, _sub: usize, l: usize) -> [__m256i; 4] {
-        let mut q = five_bits(&self.bits, l);
+        let mut q = self.bits.registers(l);
         if SIGNED {
             let bias = _mm256_set1_epi16(Self::BIAS as i16);
             for q in q.iter_mut() {
@@ -443,70 +506,6 @@ impl<const SIGNED: bool, S: Avx2Scales> Avx2Group for Fives8<SIGNED, S> {
     #[inline]
     unsafe fn scale_vectors(&self, _sub: usize) -> [__m256; 4] {
         vectors(&self.scales)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Avx2Group for Q5KGroup {
-    const PER_LOAD: usize = 4;
-    const UNPACK_BIAS: Option<i16> = Some(0);
-
-    /// `low | high << 4`: the nibbles as [`Nibbles8`] lays them out, the fifth bit of
-    /// register `r` at bit `r` of each lane of the block's `qh`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
-        five_bits(&self.blocks[sub], l)
-    }
-
-    /// As [`Q4KGroup`]'s.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
-        let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
-        let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
-        [d, d, m, m]
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Avx2Group for Q3KGroup {
-    const PER_LOAD: usize = 4;
-    const UNPACK_BIAS: Option<i16> = Some(4);
-
-    /// `(low | high << 2) − 4` from the block's 2-bit fields and third bits.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn registers(&self, sub: usize, l: usize) -> [__m256i; 4] {
-        let bits = &self.blocks[sub];
-        let low = two_bits(&bits.ql, l);
-        let high = bits_of_load(&bits.qh, l);
-        let third = _mm256_set1_epi16(4);
-        let at_2 = [
-            _mm256_slli_epi16::<2>(high),
-            _mm256_slli_epi16::<1>(high),
-            high,
-            _mm256_srli_epi16::<1>(high),
-        ];
-        let mut q = low;
-        for (q, at_2) in q.iter_mut().zip(at_2) {
-            *q = _mm256_sub_epi16(_mm256_or_si256(*q, _mm256_and_si256(at_2, third)), third);
-        }
-        q
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
-        split_scales(&self.d, &self.sc[2 * sub], &self.sc[2 * sub + 1])
-    }
-
-    fn int_scales(&self, sub: usize) -> Option<IntScales<'_>> {
-        Some(IntScales {
-            lo: self.sc[2 * sub],
-            hi: self.sc[2 * sub + 1],
-            d: &self.d,
-        })
     }
 }
 

@@ -223,21 +223,21 @@ pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 
-/// A Q4_K super-block's parts: sub-block `j`'s weight `l` is
-/// `d·scales[j].0 · q[j][l] − dmin·scales[j].1`.
-pub struct Q4KParts {
+/// The parts of a super-block with a scale and a min per block of 32 (Q4_K, Q5_K): block
+/// `j`'s weight `l` is `d·scales[j].0 · q[j][l] − dmin·scales[j].1`.
+pub struct MinParts {
     pub d: f32,
     pub dmin: f32,
-    /// 6-bit scale and min of each sub-block.
+    /// 6-bit scale and min of each block.
     pub scales: [(u8, u8); 8],
-    /// 4-bit weights of each sub-block.
+    /// The unsigned weights (4 or 5 bits) of each block.
     pub q: [[u8; QK]; 8],
 }
 
 /// A Q4_K super-block (`d, dmin: f16; scales: [u8; 12]; qs: [u8; 128]`) in parts.
-pub fn q4_k_parts(b: &[u8]) -> Q4KParts {
+pub fn q4_k_parts(b: &[u8]) -> MinParts {
     let qs = &b[16..144];
-    Q4KParts {
+    MinParts {
         d: f16_at(b, 0),
         dmin: f16_at(b, 2),
         scales: std::array::from_fn(|j| scale_min_k4(j, &b[4..16])),
@@ -271,21 +271,10 @@ pub fn q4_k_blocks(b: &[u8]) -> [BlockQ4_1; 8] {
     })
 }
 
-/// A Q5_K super-block's parts: sub-block `j`'s weight `l` is
-/// `d·scales[j].0 · q[j][l] − dmin·scales[j].1`.
-pub struct Q5KParts {
-    pub d: f32,
-    pub dmin: f32,
-    /// 6-bit scale and min of each sub-block.
-    pub scales: [(u8, u8); 8],
-    /// 5-bit weights of each sub-block.
-    pub q: [[u8; QK]; 8],
-}
-
 /// A Q5_K super-block (`d, dmin: f16; scales: [u8; 12]; qh: [u8; 32]; qs: [u8; 128]`) in parts.
-pub fn q5_k_parts(b: &[u8]) -> Q5KParts {
+pub fn q5_k_parts(b: &[u8]) -> MinParts {
     let (qh, qs) = (&b[16..48], &b[48..176]);
-    Q5KParts {
+    MinParts {
         d: f16_at(b, 0),
         dmin: f16_at(b, 2),
         scales: std::array::from_fn(|j| scale_min_k4(j, &b[4..16])),
@@ -315,18 +304,33 @@ pub fn q5_k_blocks(b: &[u8]) -> [BlockQ5; 8] {
     })
 }
 
-/// A Q3_K super-block's parts: weight `i` is `d·scales[i / 16] · (q[i / 32][i % 32] − 4)`.
-pub struct Q3KParts {
+/// The parts of a super-block with a signed scale per 16 weights (Q3_K, Q6_K): weight `i` is
+/// `d·scales[i / 16] · (q[i / 32][i % 32] − bias)`, the bias 4 for Q3_K's 3-bit `q`, 32 for
+/// Q6_K's 6-bit `q`.
+pub struct SplitParts {
     pub d: f32,
-    /// 6-bit scales minus 32.
     pub scales: [i8; 16],
-    /// 3-bit weights of each block of 32.
+    /// The unsigned weights of each block of 32.
     pub q: [[u8; QK]; 8],
 }
 
+/// A super-block in [`SplitParts`] as 8 blocks (the form Q3_K and Q6_K had before they were
+/// held whole; the tests' reference).
+#[cfg(test)]
+pub fn split_blocks(p: SplitParts, bias: i8) -> [BlockQ6; 8] {
+    std::array::from_fn(|j| BlockQ6 {
+        d: [
+            p.d * f32::from(p.scales[2 * j]),
+            p.d * f32::from(p.scales[2 * j + 1]),
+        ],
+        qs: std::array::from_fn(|l| p.q[j][l] as i8 - bias),
+    })
+}
+
 /// A Q3_K super-block (`hmask: [u8; 32]; qs: [u8; 64]; scales: [u8; 12]; d: f16`) in parts
-/// (ggml's `dequantize_row_q3_K`: two bits in `qs`, the third in `hmask`, set for `q ≥ 4`).
-pub fn q3_k_parts(b: &[u8]) -> Q3KParts {
+/// (ggml's `dequantize_row_q3_K`: two bits in `qs`, the third in `hmask`, set for `q ≥ 4`;
+/// 6-bit scales less 32).
+pub fn q3_k_parts(b: &[u8]) -> SplitParts {
     let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
     // 16 scales of 6 bits: low 4 bits from bytes 0..8, high 2 bits from bytes 8..12.
     let scale = |i: usize| -> i8 {
@@ -338,7 +342,7 @@ pub fn q3_k_parts(b: &[u8]) -> Q3KParts {
         let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
         (low | (high << 4)) as i8 - 32
     };
-    Q3KParts {
+    SplitParts {
         d: f16_at(b, 108),
         scales: std::array::from_fn(scale),
         // Block j = 4h + s: bits 2s..2s + 2 of qs[32h..32h + 32], the third bit j of hmask.
@@ -350,20 +354,6 @@ pub fn q3_k_parts(b: &[u8]) -> Q3KParts {
             })
         }),
     }
-}
-
-/// A Q3_K super-block as 8 blocks (the form Q3_K had before [`super::super_blocks::Q3KGroup`]; the
-/// tests' reference for it).
-#[cfg(test)]
-pub fn q3_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
-    let p = q3_k_parts(b);
-    std::array::from_fn(|j| BlockQ6 {
-        d: [
-            p.d * f32::from(p.scales[2 * j]),
-            p.d * f32::from(p.scales[2 * j + 1]),
-        ],
-        qs: std::array::from_fn(|l| p.q[j][l] as i8 - 4),
-    })
 }
 
 /// A Q2_K super-block's parts: weight `i` is
@@ -395,16 +385,8 @@ pub fn q2_k_parts(b: &[u8]) -> Q2KParts {
     }
 }
 
-/// A Q6_K super-block's parts: weight `i` is `d·scales[i / 16] · (q[i / 32][i % 32] − 32)`.
-pub struct Q6KParts {
-    pub d: f32,
-    pub scales: [i8; 16],
-    /// 6-bit weights of each block of 32.
-    pub q: [[u8; QK]; 8],
-}
-
 /// A Q6_K super-block (`ql: [u8; 128]; qh: [u8; 64]; scales: [i8; 16]; d: f16`) in parts.
-pub fn q6_k_parts(b: &[u8]) -> Q6KParts {
+pub fn q6_k_parts(b: &[u8]) -> SplitParts {
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     // Weight i of the super-block: half h = i / 128, then quarter k = (i % 128) / 32 and l.
     let q = |i: usize| -> u8 {
@@ -414,23 +396,9 @@ pub fn q6_k_parts(b: &[u8]) -> Q6KParts {
         let high = (qh[h * 32 + l] >> (2 * k)) & 3;
         low | (high << 4)
     };
-    Q6KParts {
+    SplitParts {
         d: f16_at(b, 208),
         scales: std::array::from_fn(|i| scales[i] as i8),
         q: std::array::from_fn(|j| std::array::from_fn(|l| q(j * QK + l))),
     }
-}
-
-/// A Q6_K super-block as 8 blocks: weight `i` is `d·sc[i / 16] · (q − 32)` with 6-bit `q` (the
-/// form Q6_K had before [`super::super_blocks::Q6KGroup`]; the tests' reference for it).
-#[cfg(test)]
-pub fn q6_k_blocks(b: &[u8]) -> [BlockQ6; 8] {
-    let p = q6_k_parts(b);
-    std::array::from_fn(|j| BlockQ6 {
-        d: [
-            p.d * f32::from(p.scales[2 * j]),
-            p.d * f32::from(p.scales[2 * j + 1]),
-        ],
-        qs: std::array::from_fn(|l| p.q[j][l] as i8 - 32),
-    })
 }

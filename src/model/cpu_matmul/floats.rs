@@ -142,16 +142,13 @@ pub fn matrix<E: Element>(bytes: &[u8], rows: usize, cols: usize) -> Vec<Floats8
 /// The GEMM's panel of `groups` (one or two group rows of `per_row` groups):
 /// `panel[k * NR + o]` = weight `k` of row `o` as f32.
 pub fn pack<E: Element>(groups: &[Floats8<E>], per_row: usize, panel: &mut [f32]) {
-    if groups.len() < NR / ROWS * per_row {
-        panel.fill(0.0);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2::available() {
-        // SAFETY: AVX2, FMA and F16C were detected at run time.
-        unsafe { pack_avx2(groups, per_row, panel) };
-        return;
-    }
-    super::gemm::pack_portable(groups, per_row, panel);
+    super::gemm::pack_with(
+        groups,
+        per_row,
+        panel,
+        #[cfg(target_arch = "x86_64")]
+        pack_avx2::<E>,
+    );
 }
 
 /// [`pack`] with AVX2: each column of a group is 8 panel floats.

@@ -80,13 +80,30 @@ pub fn run_range_with<G: Group>(
 /// `panel[k * NR + o]` = weight `k` of row `o` of `groups` (one or two group rows of
 /// `per_row` groups); the columns of a missing group are zero.
 fn pack<G: Kernel>(groups: &[G], per_row: usize, panel: &mut [f32]) {
+    pack_with(
+        groups,
+        per_row,
+        panel,
+        #[cfg(target_arch = "x86_64")]
+        pack_avx2::<G>,
+    );
+}
+
+/// [`pack`] for any groups, `avx2` their packing with AVX2, FMA and F16C (used when the CPU
+/// has them).
+pub(super) fn pack_with<G: Group>(
+    groups: &[G],
+    per_row: usize,
+    panel: &mut [f32],
+    #[cfg(target_arch = "x86_64")] avx2: unsafe fn(&[G], usize, &mut [f32]),
+) {
     if groups.len() < NR / ROWS * per_row {
         panel.fill(0.0);
     }
     #[cfg(target_arch = "x86_64")]
     if super::avx2::available() {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
-        unsafe { pack_avx2(groups, per_row, panel) };
+        unsafe { avx2(groups, per_row, panel) };
         return;
     }
     pack_portable(groups, per_row, panel);

@@ -434,20 +434,32 @@ pub struct Q5Bits {
     pub qh: [u8; 32],
 }
 
-impl Q5Bits {
-    pub const ZERO: Self = Self {
+/// The bits of one block of 32 weights of 8 rows (Q5_0, Q5_1 and the K-quants' blocks):
+/// unsigned values up to `MAX`, a weight being its value less `BIAS`.
+pub trait BlockBits: Copy + Send + Sync + Debug + 'static {
+    const ZERO: Self;
+    const BIAS: i32;
+    const MAX: u8;
+    /// Sets row `j` to the values `q` (each at most `MAX`).
+    fn set_row(&mut self, j: usize, q: &[u8; QK]);
+    /// The value of weight `k` of row `j`.
+    fn int(&self, j: usize, k: usize) -> i32;
+}
+
+impl BlockBits for Q5Bits {
+    const ZERO: Self = Self {
         ql: [0; 128],
         qh: [0; 32],
     };
+    const BIAS: i32 = 0;
+    const MAX: u8 = 31;
 
-    /// Sets row `j` to `q` (each below 32).
-    pub fn set_row(&mut self, j: usize, q: &[u8; QK]) {
+    fn set_row(&mut self, j: usize, q: &[u8; QK]) {
         set_nibble_row(&mut self.ql, j, &q.map(|q| q & 0x0F));
         set_bit_row(&mut self.qh, j, &q.map(|q| q >> 4));
     }
 
-    /// Weight `k` of row `j`, in 0..32.
-    pub fn int(&self, j: usize, k: usize) -> i32 {
+    fn int(&self, j: usize, k: usize) -> i32 {
         nibble_of(&self.ql, j, k) | i32::from(field(&self.qh, bit_at(j, k), 1)) << 4
     }
 }

@@ -949,8 +949,9 @@ mod tests {
 
         let q6k = data(GgmlDType::Q6K);
         let whole = Q6KGroup::matrix(&q6k, out);
-        let blocks: Vec<Bytes8<true, F32Split>> =
-            decode_k(&q6k, out, blocks::Q6_K_BYTES, blocks::q6_k_blocks);
+        let blocks: Vec<Bytes8<true, F32Split>> = decode_k(&q6k, out, blocks::Q6_K_BYTES, |b| {
+            blocks::split_blocks(blocks::q6_k_parts(b), 32)
+        });
         // 212 bytes per row and super-block, the file's 210.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 212);
         same_bits(&whole, &blocks, cols, &x, &x16);
@@ -965,8 +966,9 @@ mod tests {
 
         let q3k = data(GgmlDType::Q3K);
         let whole = Q3KGroup::matrix(&q3k, out);
-        let blocks: Vec<Bytes8<true, F32Split>> =
-            decode_k(&q3k, out, blocks::Q3_K_BYTES, blocks::q3_k_blocks);
+        let blocks: Vec<Bytes8<true, F32Split>> = decode_k(&q3k, out, blocks::Q3_K_BYTES, |b| {
+            blocks::split_blocks(blocks::q3_k_parts(b), 4)
+        });
         // 116 bytes per row and super-block, the file's 110.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 116);
         same_bits(&whole, &blocks, cols, &x, &x16);

@@ -5,84 +5,84 @@
 //! (exact products, as the file's dequantization has them), so a matrix takes 1.01-1.06× its
 //! file's bytes instead of 1.3-2.9× as blocks of 32 with f32 scales.
 
-use super::blocks::QK;
+use super::blocks::{self, MinParts, SplitParts, QK};
 use super::groups::{
-    bit_at, field, nibble_of, set_bit_row, set_nibble_row, F32Dm, F32Split, F32SplitDm, Group,
-    Q5Bits, ROWS,
+    bit_at, field, nibble_of, set_bit_row, set_nibble_row, BlockBits, F32Dm, F32Split, F32SplitDm,
+    Group, Q5Bits, ROWS,
 };
 
-/// A Q4_K super-block of 8 rows: its 8 blocks' nibbles laid out as [`Nibbles8`](super::groups::Nibbles8) lays out one,
-/// their 6-bit scales and mins as bytes, and per row the super-block's scale `d` and negated
-/// min scale `-dmin` (the file's f16 values): block `sub` of row `j` is
-/// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
+/// A block's 4-bit weights laid out as [`Nibbles8`](super::groups::Nibbles8) lays them out.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
-pub struct Q4KGroup {
-    pub qs: [[u8; 128]; 8],
-    /// `[block][row]`.
-    pub sc: [[u8; ROWS]; 8],
-    pub m: [[u8; ROWS]; 8],
-    pub d: [f32; ROWS],
-    pub neg_dmin: [f32; ROWS],
-}
+pub struct Q4Bits(pub [u8; 128]);
 
-impl Group for Q4KGroup {
-    type Scales = F32Dm;
-    const ZERO: Self = Self {
-        qs: [[0; 128]; 8],
-        sc: [[0; ROWS]; 8],
-        m: [[0; ROWS]; 8],
-        d: [0.0; ROWS],
-        neg_dmin: [0.0; ROWS],
-    };
-    const SUBS: usize = 8;
+impl BlockBits for Q4Bits {
+    const ZERO: Self = Self([0; 128]);
+    const BIAS: i32 = 0;
+    const MAX: u8 = 15;
 
-    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
-        let d = self.d[j] * f32::from(self.sc[sub][j]);
-        let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
-        std::array::from_fn(|k| (nibble_of(&self.qs[sub], j, k) as f32).mul_add(d, m))
+    fn set_row(&mut self, j: usize, q: &[u8; QK]) {
+        set_nibble_row(&mut self.0, j, q);
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        nibble_of(&self.0, j, k)
     }
 }
 
-impl Q4KGroup {
-    /// A matrix of `rows` rows of Q4_K super-blocks (`bytes`, row-major) as
-    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
-        use super::blocks::{q4_k_parts, Q4_K_BYTES};
-        super_block_groups(bytes, rows, Q4_K_BYTES, |group: &mut Self, j, b| {
-            let parts = q4_k_parts(b);
-            group.d[j] = parts.d;
-            group.neg_dmin[j] = -parts.dmin;
-            for sub in 0..8 {
-                (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
-                set_nibble_row(&mut group.qs[sub], j, &parts.q[sub]);
-            }
-        })
-    }
-}
-
-/// A Q6_K super-block of 8 rows: the low 4 bits of its 8 blocks laid out as [`Nibbles8`](super::groups::Nibbles8) lays
-/// out one; their high 2 bits, load `h` (bytes `32h..32h + 32`) of a block holding, in 16-bit
-/// lane `2j + e`, bits `2s..2s + 2`, those of weight `2r + e` of row `j` for register
-/// `r = 8h + s`; the 8-bit scales of each 16 weights; and per row the super-block's scale `d`
-/// (the file's f16). Weight `k` of block `sub` is `d·sc[2 sub + k / 16] · (q − 32)`.
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Q6KGroup {
-    /// Each block's bits together, so that the weights are read in one stream.
-    pub blocks: [Q6Bits; 8],
-    /// `[2 · block + half][row]`.
-    pub sc: [[i8; ROWS]; 16],
-    pub d: [f32; ROWS],
-}
-
-/// The bits of one block of a [`Q6KGroup`]: the low 4 bits as [`Nibbles8`](super::groups::Nibbles8) lays them out, the
-/// high 2 bits of register `8h + s` at bits `2s..2s + 2` of load `h` of `qh`.
+/// A block's 6-bit weights: the low 4 bits as [`Nibbles8`](super::groups::Nibbles8) lays them
+/// out, the high 2 bits of register `8h + s` at bits `2s..2s + 2` of load `h` of `qh`
+/// ([`two_bits_at`]). Together, so that the weights are read in one stream.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
 pub struct Q6Bits {
     pub ql: [u8; 128],
     pub qh: [u8; 64],
+}
+
+impl BlockBits for Q6Bits {
+    const ZERO: Self = Self {
+        ql: [0; 128],
+        qh: [0; 64],
+    };
+    const BIAS: i32 = 32;
+    const MAX: u8 = 63;
+
+    fn set_row(&mut self, j: usize, q: &[u8; QK]) {
+        set_nibble_row(&mut self.ql, j, &q.map(|q| q & 0x0F));
+        set_two_bit_row(&mut self.qh, j, &q.map(|q| q >> 4));
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        nibble_of(&self.ql, j, k) | i32::from(field(&self.qh, two_bits_at(j, k), 2)) << 4
+    }
+}
+
+/// A block's 3-bit weights: the low 2 bits ([`two_bits_at`]) and the third ([`bit_at`]).
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct Q3Bits {
+    pub ql: [u8; 64],
+    pub qh: [u8; 32],
+}
+
+impl BlockBits for Q3Bits {
+    const ZERO: Self = Self {
+        ql: [0; 64],
+        qh: [0; 32],
+    };
+    const BIAS: i32 = 4;
+    const MAX: u8 = 7;
+
+    fn set_row(&mut self, j: usize, q: &[u8; QK]) {
+        set_two_bit_row(&mut self.ql, j, &q.map(|q| q & 3));
+        set_bit_row(&mut self.qh, j, &q.map(|q| q >> 2));
+    }
+
+    fn int(&self, j: usize, k: usize) -> i32 {
+        let low = i32::from(field(&self.ql, two_bits_at(j, k), 2));
+        low | i32::from(field(&self.qh, bit_at(j, k), 1)) << 2
+    }
 }
 
 /// Byte and shift of 2 bits of weight `k` of row `j` in 64 bytes laid out as [`Q6Bits::qh`]:
@@ -92,49 +92,6 @@ fn two_bits_at(j: usize, k: usize) -> (usize, u32) {
     let (r, e) = (k / 2, k % 2);
     let (h, s) = (r / 8, r % 8);
     (32 * h + 2 * (2 * j + e) + s / 4, 2 * (s % 4) as u32)
-}
-
-impl Group for Q6KGroup {
-    type Scales = F32Split;
-    const ZERO: Self = Self {
-        blocks: [Q6Bits {
-            ql: [0; 128],
-            qh: [0; 64],
-        }; 8],
-        sc: [[0; ROWS]; 16],
-        d: [0.0; ROWS],
-    };
-    const SUBS: usize = 8;
-
-    fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
-        let scale = |half: usize| self.d[j] * f32::from(self.sc[2 * sub + half][j]);
-        let (lo, hi) = (scale(0), scale(1));
-        std::array::from_fn(|k| {
-            let (byte, shift) = two_bits_at(j, k);
-            let high = i32::from((self.blocks[sub].qh[byte] >> shift) & 3);
-            let q = (nibble_of(&self.blocks[sub].ql, j, k) | (high << 4)) - 32;
-            (q as f32).mul_add(if k < 16 { lo } else { hi }, 0.0)
-        })
-    }
-}
-
-impl Q6KGroup {
-    /// A matrix of `rows` rows of Q6_K super-blocks (`bytes`, row-major) as
-    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
-        use super::blocks::{q6_k_parts, Q6_K_BYTES};
-        super_block_groups(bytes, rows, Q6_K_BYTES, |group: &mut Self, j, b| {
-            let parts = q6_k_parts(b);
-            group.d[j] = parts.d;
-            for (half, &sc) in parts.scales.iter().enumerate() {
-                group.sc[half][j] = sc;
-            }
-            for (sub, q) in parts.q.iter().enumerate() {
-                set_nibble_row(&mut group.blocks[sub].ql, j, &q.map(|q| q & 0x0F));
-                set_two_bit_row(&mut group.blocks[sub].qh, j, &q.map(|q| q >> 4));
-            }
-        })
-    }
 }
 
 /// Sets row `j` of 64 bytes laid out as [`two_bits_at`] to the 2-bit values `q` (each below
@@ -150,12 +107,14 @@ fn set_two_bit_row(bytes: &mut [u8; 64], j: usize, q: &[u8; QK]) {
     }
 }
 
-/// A Q5_K super-block of 8 rows: as [`Q4KGroup`], with each block's fifth bits beside its
-/// nibbles ([`Q5Bits`](super::groups::Q5Bits)). Weight `k` of block `sub` of row `j` is `d·sc · q + (−dmin)·m`.
+/// A super-block of 8 rows with a scale and a min per block of 32 (Q4_K: [`Q4KGroup`], Q5_K:
+/// [`Q5KGroup`]): its 8 blocks' bits, their 6-bit scales and mins as bytes, and per row the
+/// super-block's scale `d` and negated min scale `−dmin` (the file's f16 values): block `sub`
+/// of row `j` is `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
-pub struct Q5KGroup {
-    pub blocks: [Q5Bits; 8],
+pub struct MinGroup<B> {
+    pub blocks: [B; 8],
     /// `[block][row]`.
     pub sc: [[u8; ROWS]; 8],
     pub m: [[u8; ROWS]; 8],
@@ -163,10 +122,13 @@ pub struct Q5KGroup {
     pub neg_dmin: [f32; ROWS],
 }
 
-impl Group for Q5KGroup {
+pub type Q4KGroup = MinGroup<Q4Bits>;
+pub type Q5KGroup = MinGroup<Q5Bits>;
+
+impl<B: BlockBits> Group for MinGroup<B> {
     type Scales = F32Dm;
     const ZERO: Self = Self {
-        blocks: [Q5Bits::ZERO; 8],
+        blocks: [B::ZERO; 8],
         sc: [[0; ROWS]; 8],
         m: [[0; ROWS]; 8],
         d: [0.0; ROWS],
@@ -177,17 +139,22 @@ impl Group for Q5KGroup {
     fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
         let d = self.d[j] * f32::from(self.sc[sub][j]);
         let m = self.neg_dmin[j] * f32::from(self.m[sub][j]);
-        std::array::from_fn(|k| (self.blocks[sub].int(j, k) as f32).mul_add(d, m))
+        let bits = &self.blocks[sub];
+        std::array::from_fn(|k| ((bits.int(j, k) - B::BIAS) as f32).mul_add(d, m))
     }
 }
 
-impl Q5KGroup {
-    /// A matrix of `rows` rows of Q5_K super-blocks (`bytes`, row-major) as
-    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
-        use super::blocks::{q5_k_parts, Q5_K_BYTES};
-        super_block_groups(bytes, rows, Q5_K_BYTES, |group: &mut Self, j, b| {
-            let parts = q5_k_parts(b);
+impl<B: BlockBits> MinGroup<B> {
+    /// A matrix of `rows` rows of super-blocks of `size` bytes (`bytes`, row-major), each read
+    /// by `parts`, as `ceil(rows / 8) × (super-blocks per row)` groups.
+    fn from_parts(
+        bytes: &[u8],
+        rows: usize,
+        size: usize,
+        parts: fn(&[u8]) -> MinParts,
+    ) -> Vec<Self> {
+        super_block_groups(bytes, rows, size, |group: &mut Self, j, b| {
+            let parts = parts(b);
             group.d[j] = parts.d;
             group.neg_dmin[j] = -parts.dmin;
             for (sub, q) in parts.q.iter().enumerate() {
@@ -198,34 +165,39 @@ impl Q5KGroup {
     }
 }
 
-/// A Q3_K super-block of 8 rows: each block's low 2 bits ([`two_bits_at`]) and third bits
-/// ([`bit_at`]) together ([`Q3Bits`]), the 6-bit scales (minus 32) of each 16 weights, and per
-/// row the super-block's scale `d` (the file's f16). Weight `k` of block `sub` is
-/// `d·sc[2 sub + k / 16] · (q − 4)`.
+impl Q4KGroup {
+    /// A matrix of `rows` rows of Q4_K super-blocks (`bytes`, row-major) as groups.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        Self::from_parts(bytes, rows, blocks::Q4_K_BYTES, blocks::q4_k_parts)
+    }
+}
+
+impl Q5KGroup {
+    /// A matrix of `rows` rows of Q5_K super-blocks (`bytes`, row-major) as groups.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        Self::from_parts(bytes, rows, blocks::Q5_K_BYTES, blocks::q5_k_parts)
+    }
+}
+
+/// A super-block of 8 rows with a signed scale per 16 weights (Q3_K: [`Q3KGroup`], Q6_K:
+/// [`Q6KGroup`]): its 8 blocks' bits, the scales, and per row the super-block's scale `d` (the
+/// file's f16). Weight `k` of block `sub` is `d·sc[2 sub + k / 16] · (q − bias)`.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
-pub struct Q3KGroup {
-    pub blocks: [Q3Bits; 8],
+pub struct SplitGroup<B> {
+    pub blocks: [B; 8],
     /// `[2 · block + half][row]`.
     pub sc: [[i8; ROWS]; 16],
     pub d: [f32; ROWS],
 }
 
-/// The bits of one block of a [`Q3KGroup`].
-#[repr(C, align(32))]
-#[derive(Debug, Clone, Copy)]
-pub struct Q3Bits {
-    pub ql: [u8; 64],
-    pub qh: [u8; 32],
-}
+pub type Q3KGroup = SplitGroup<Q3Bits>;
+pub type Q6KGroup = SplitGroup<Q6Bits>;
 
-impl Group for Q3KGroup {
+impl<B: BlockBits> Group for SplitGroup<B> {
     type Scales = F32Split;
     const ZERO: Self = Self {
-        blocks: [Q3Bits {
-            ql: [0; 64],
-            qh: [0; 32],
-        }; 8],
+        blocks: [B::ZERO; 8],
         sc: [[0; ROWS]; 16],
         d: [0.0; ROWS],
     };
@@ -236,31 +208,45 @@ impl Group for Q3KGroup {
         let (lo, hi) = (scale(0), scale(1));
         let bits = &self.blocks[sub];
         std::array::from_fn(|k| {
-            let low = i32::from(field(&bits.ql, two_bits_at(j, k), 2));
-            let high = i32::from(field(&bits.qh, bit_at(j, k), 1));
-            let q = (low | (high << 2)) - 4;
+            let q = bits.int(j, k) - B::BIAS;
             (q as f32).mul_add(if k < 16 { lo } else { hi }, 0.0)
         })
     }
 }
 
-impl Q3KGroup {
-    /// A matrix of `rows` rows of Q3_K super-blocks (`bytes`, row-major) as
-    /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
-        use super::blocks::{q3_k_parts, Q3_K_BYTES};
-        super_block_groups(bytes, rows, Q3_K_BYTES, |group: &mut Self, j, b| {
-            let parts = q3_k_parts(b);
+impl<B: BlockBits> SplitGroup<B> {
+    /// A matrix of `rows` rows of super-blocks of `size` bytes (`bytes`, row-major), each read
+    /// by `parts`, as `ceil(rows / 8) × (super-blocks per row)` groups.
+    fn from_parts(
+        bytes: &[u8],
+        rows: usize,
+        size: usize,
+        parts: fn(&[u8]) -> SplitParts,
+    ) -> Vec<Self> {
+        super_block_groups(bytes, rows, size, |group: &mut Self, j, b| {
+            let parts = parts(b);
             group.d[j] = parts.d;
             for (half, &sc) in parts.scales.iter().enumerate() {
                 group.sc[half][j] = sc;
             }
             for (sub, q) in parts.q.iter().enumerate() {
-                let bits = &mut group.blocks[sub];
-                set_two_bit_row(&mut bits.ql, j, &q.map(|q| q & 3));
-                set_bit_row(&mut bits.qh, j, &q.map(|q| q >> 2));
+                group.blocks[sub].set_row(j, q);
             }
         })
+    }
+}
+
+impl Q3KGroup {
+    /// A matrix of `rows` rows of Q3_K super-blocks (`bytes`, row-major) as groups.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        Self::from_parts(bytes, rows, blocks::Q3_K_BYTES, blocks::q3_k_parts)
+    }
+}
+
+impl Q6KGroup {
+    /// A matrix of `rows` rows of Q6_K super-blocks (`bytes`, row-major) as groups.
+    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+        Self::from_parts(bytes, rows, blocks::Q6_K_BYTES, blocks::q6_k_parts)
     }
 }
 
