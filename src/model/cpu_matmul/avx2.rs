@@ -607,14 +607,35 @@ pub unsafe fn hsum(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub unsafe fn quantize_block(p: *const f32, q_max: f32) -> ([__m256i; 4], f32, f32) {
+    quantize_block_at(p, q_max, block_amax(p))
+}
+
+/// The largest magnitude of the 32 values at `p`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `p` points at 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn block_amax(p: *const f32) -> f32 {
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut amax = _mm256_setzero_ps();
+    for i in [0, 8, 16, 24] {
+        amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(p.add(i)), abs_mask));
+    }
+    hmax(amax)
+}
+
+/// [`quantize_block`] with the scale `amax / q_max` (`amax` at least the block's largest
+/// magnitude: one scale for several blocks).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `p` points at 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn quantize_block_at(p: *const f32, q_max: f32, amax: f32) -> ([__m256i; 4], f32, f32) {
     let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
-    let amax = v
-        .iter()
-        .map(|&v| _mm256_and_ps(v, abs_mask))
-        .reduce(|a, b| _mm256_max_ps(a, b))
-        .unwrap_or_else(|| _mm256_setzero_ps());
-    let amax = hmax(amax);
     let inv = _mm256_set1_ps(if amax > 0.0 { q_max / amax } else { 0.0 });
     let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
     let sum = hsum(_mm256_add_ps(

@@ -301,7 +301,7 @@ impl CpuQMatMul {
         if let Some(x8) = x8 {
             match &*self.packed {
                 Packed::Q4(w) => return self.run_int8(w, x8, y, stride, range),
-                Packed::Q4K(w) => return self.run_int8(w, x8, y, stride, range),
+                Packed::Q4K(w) => return self.run_int8_k(w, x8, y, stride, range),
                 _ => {}
             }
             if self.unpacks {
@@ -429,6 +429,25 @@ impl CpuQMatMul {
                     prompt8::tile::<G, T, false>(groups, &[], x8, r0, out)
                 }
             })
+        };
+        for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
+    }
+
+    /// [`Self::run_int8`] for Q4_K, through [`prompt8::tile_k`] (`x8` quantized per
+    /// super-block).
+    #[cfg(target_arch = "x86_64")]
+    fn run_int8_k(
+        &self,
+        w: &[Q4KGroup],
+        x8: &Rows8,
+        y: SharedOut,
+        stride: usize,
+        range: (usize, usize),
+    ) {
+        let tile = |groups: &[Q4KGroup], r0: usize, t: usize, out: &mut [f32]| {
+            // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
+            // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K).
+            with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out) })
         };
         for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
     }
@@ -588,8 +607,12 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
 fn quantize_int8_rows(mats: &[&CpuQMatMul], x: &[f32], cols: usize, int8: bool) -> Option<Rows8> {
     #[cfg(target_arch = "x86_64")]
     if !x.is_empty() && int8 && avx2::available() && mats.iter().any(|m| m.takes_int8_prompt()) {
+        // One scale per super-block where a Q4_K matrix reads the rows (prompt8::tile_k);
+        // the other kernels take any scale per block.
+        let q4k = mats.iter().any(|m| matches!(*m.packed, Packed::Q4K(_)));
+        let span = if q4k { prompt8::SPAN_K } else { 1 };
         // SAFETY: AVX2 and FMA were detected at run time.
-        return Some(unsafe { Rows8::quantize(x, cols) });
+        return Some(unsafe { Rows8::quantize(x, cols, span) });
     }
     let _ = (mats, x, cols, int8);
     None
@@ -917,7 +940,7 @@ mod tests {
         let w = Tensor::from_vec(random(out * cols, 21), (out, cols), &Device::Cpu).unwrap();
         let x = random(4 * cols, 22);
         // SAFETY: AVX2, FMA and F16C were detected above.
-        let (x16, x8) = unsafe { (Rows16::quantize(&x, cols), Rows8::quantize(&x, cols)) };
+        let (x16, x8) = unsafe { (Rows16::quantize(&x, cols), Rows8::quantize(&x, cols, 1)) };
         let data = |dtype| {
             QTensor::quantize(&w, dtype)
                 .unwrap()
