@@ -182,7 +182,10 @@ fn job_settings(
         )
         .map_err(|e| anyhow::Error::new(e).context("the reduce template (--reduce-prompt)"))?;
         Some(Chunking {
-            overlap: jobs.chunk_overlap,
+            sizes: crate::chunking::ChunkSizes {
+                tokens: jobs.chunk_tokens,
+                overlap: jobs.chunk_overlap,
+            },
             reduce: Arc::new(reduce),
         })
     } else {

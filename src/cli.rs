@@ -458,6 +458,12 @@ pub struct GenerationArgs {
     #[arg(long, value_enum, default_value_t = Overflow::Chunk)]
     pub overflow: Overflow,
 
+    /// --overflow chunk: the most document tokens in a chunk (fewer where the context holds
+    /// fewer). Smaller chunks prefill faster (attention grows with the position), and more
+    /// of them fill the --sequences slots; larger ones mean fewer answers to merge.
+    #[arg(long, default_value_t = 2048, value_name = "N", value_parser = clap::value_parser!(u32).range(64..))]
+    pub chunk_tokens: u32,
+
     /// --overflow chunk: tokens each chunk repeats from the end of the one before (at most a
     /// quarter of a chunk).
     #[arg(long, default_value_t = 0, value_name = "N")]

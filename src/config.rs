@@ -47,6 +47,8 @@ pub struct JobsConfig {
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
     pub overflow: Overflow,
+    /// `--chunk-tokens`.
+    pub chunk_tokens: usize,
     /// `--chunk-overlap`.
     pub chunk_overlap: usize,
     /// The template of `--overflow chunk`'s reduce calls.
@@ -383,6 +385,7 @@ fn jobs_config(
             }),
         },
         overflow: g.overflow,
+        chunk_tokens: g.chunk_tokens as usize,
         chunk_overlap: g.chunk_overlap,
         reduce_prompt: reduce_prompt(g)?,
         shard: input

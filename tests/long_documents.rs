@@ -71,6 +71,23 @@ fn a_fact_in_the_last_chunk_is_found_and_missed_when_cut() {
     assert_ne!(cut[0]["fields"]["invoice_number"], "ZX-4471", "{}", cut[0]);
 }
 
+/// `--chunk-tokens` bounds a chunk's document tokens: a ~5k-token chapter is 2 chunks when
+/// they may be as big as the context allows, at least 5 at 1,000 tokens each, and one record
+/// either way.
+#[test]
+fn chunk_tokens_sets_how_many_chunks_a_document_becomes() {
+    let (_dir, input) = doc_dir("chapter.txt", &sample("moby-dick-chapter-041.txt"));
+    let chunks = |size: &str| {
+        let (records, code) = run(&input, &["--max-tokens", "1", "--chunk-tokens", size]);
+        assert_eq!(code, 0);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["status"], "ok", "{}", records[0]);
+        records[0]["chunks"].as_u64().unwrap()
+    };
+    assert_eq!(chunks("100000"), 2);
+    assert!(chunks("1000") >= 5);
+}
+
 /// The fields of a record that must not depend on K.
 fn outcome(r: &Value) -> Value {
     let mut r = r.clone();

@@ -19,11 +19,21 @@ pub struct ChunkPrompt {
 /// Tokens kept free in each chunk's budget: re-tokenizing a cut text can take a few more.
 const CHUNK_MARGIN: usize = 8;
 
+/// How big a long document's chunks are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSizes {
+    /// The most document tokens in a chunk (`--chunk-tokens`; less where the context is
+    /// smaller).
+    pub tokens: usize,
+    /// Tokens each chunk repeats from the end of the one before (`--chunk-overlap`).
+    pub overlap: usize,
+}
+
 /// The prompts of `document` cut into chunks that each fit `ctx` positions with
 /// `max_tokens` left for the answer (`--overflow chunk`): one when the whole document fits,
-/// else chunks of balanced sizes cut at paragraph, line or sentence ends (see
-/// [`crate::chunking::split`]), consecutive ones sharing about `overlap` tokens, each told
-/// it is part i of n.
+/// else chunks of balanced sizes of at most `sizes.tokens` document tokens, cut at paragraph,
+/// line or sentence ends (see [`crate::chunking::split`]), consecutive ones sharing about
+/// `sizes.overlap` tokens, each told it is part i of n.
 pub fn split_to_fit(
     builder: &PromptBuilder,
     tokenizer: &Tokenizer,
@@ -31,7 +41,7 @@ pub fn split_to_fit(
     document: &str,
     ctx: usize,
     max_tokens: usize,
-    overlap: usize,
+    sizes: ChunkSizes,
 ) -> Result<Vec<ChunkPrompt>, PromptError> {
     match builder.fit(tokenizer, id, document, ctx, max_tokens, Overflow::Chunk) {
         Ok(built) => {
@@ -64,11 +74,11 @@ pub fn split_to_fit(
     }
     let ids = tokenizer.encode_plain(document)?;
     let ends = tokenizer.token_ends(&ids);
-    let mut budget = available - overhead - CHUNK_MARGIN;
+    let mut budget = (available - overhead - CHUNK_MARGIN).min(sizes.tokens.max(1));
     // A chunk that tokenizes longer than its share (merges across the cut) shrinks the
     // budget of all, and the split is made again: deterministic, and rare.
     for _ in 0..8 {
-        let ranges = super::split(document, &ends, budget, overlap);
+        let ranges = super::split(document, &ends, budget, sizes.overlap);
         let parts = ranges.len();
         let mut chunks = Vec::with_capacity(parts);
         let mut excess = 0;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-pub use chunk_prompts::{split_to_fit, ChunkPrompt};
+pub use chunk_prompts::{split_to_fit, ChunkPrompt, ChunkSizes};
 pub use merge::{merge_json, merge_label_scores};
 pub use reduce::{joined, plan_groups, ReduceInput};
 pub use split::split;

@@ -41,18 +41,17 @@ pub struct JobSettings {
     pub priors: Vec<Option<Arc<Vec<f64>>>>,
 }
 
-/// `--overflow chunk`: how much consecutive chunks overlap and the template free-text answers
-/// are merged by.
+/// `--overflow chunk`: how big chunks are and the template free-text answers are merged by.
 #[derive(Clone)]
 pub struct Chunking {
-    pub overlap: usize,
+    pub sizes: crate::chunking::ChunkSizes,
     pub reduce: Arc<PromptBuilder>,
 }
 
 impl std::fmt::Debug for Chunking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chunking")
-            .field("overlap", &self.overlap)
+            .field("sizes", &self.sizes)
             .field("reduce", &self.reduce.name())
             .finish()
     }

@@ -182,7 +182,7 @@ impl<'r, 's> JobQueue<'r, 's> {
             text,
             settings.ctx,
             max_tokens,
-            chunking.overlap,
+            chunking.sizes,
         ) {
             Ok(chunks) => chunks,
             Err(e) => return refused(e),
