@@ -234,6 +234,17 @@ pub struct MinParts {
     pub q: [[u8; QK]; 8],
 }
 
+/// Weight `l` of sub-block `j` of the nibbles `qs` of a Q4_K or Q5_K super-block: sub-blocks
+/// 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+32.
+fn k_nibble(qs: &[u8], j: usize, l: usize) -> u8 {
+    let byte = qs[j / 2 * 32 + l];
+    if j.is_multiple_of(2) {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
 /// A Q4_K super-block (`d, dmin: f16; scales: [u8; 12]; qs: [u8; 128]`) in parts.
 pub fn q4_k_parts(b: &[u8]) -> MinParts {
     let qs = &b[16..144];
@@ -241,17 +252,7 @@ pub fn q4_k_parts(b: &[u8]) -> MinParts {
         d: f16_at(b, 0),
         dmin: f16_at(b, 2),
         scales: std::array::from_fn(|j| scale_min_k4(j, &b[4..16])),
-        // Sub-blocks 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+32.
-        q: std::array::from_fn(|j| {
-            std::array::from_fn(|l| {
-                let byte = qs[j / 2 * 32 + l];
-                if j % 2 == 0 {
-                    byte & 0x0F
-                } else {
-                    byte >> 4
-                }
-            })
-        }),
+        q: std::array::from_fn(|j| std::array::from_fn(|l| k_nibble(qs, j, l))),
     }
 }
 
@@ -280,11 +281,7 @@ pub fn q5_k_parts(b: &[u8]) -> MinParts {
         scales: std::array::from_fn(|j| scale_min_k4(j, &b[4..16])),
         // Low nibbles as Q4_K's; bit j of qh[l] is the fifth bit of sub-block j's weight l.
         q: std::array::from_fn(|j| {
-            std::array::from_fn(|l| {
-                let byte = qs[j / 2 * 32 + l];
-                let low = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-                low | (((qh[l] >> j) & 1) << 4)
-            })
+            std::array::from_fn(|l| k_nibble(qs, j, l) | (((qh[l] >> j) & 1) << 4))
         }),
     }
 }

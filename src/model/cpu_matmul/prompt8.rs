@@ -156,6 +156,37 @@ pub unsafe fn scale_vectors<G: Avx2Nibbles>(groups: &[G], out: &mut Vec<[__m256;
     }
 }
 
+/// The 16-bit pair sums of block `sub` of `group`'s nibbles times the 8-bit activations of `T`
+/// rows at `q` (row stride `cols`), row `j`'s in 32-bit lane `j`: exact (at most 30,480).
+///
+/// # Safety
+/// The CPU must support AVX2; `q` points at a block of each of the `T` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn nibble_pairs<G: Avx2Nibbles, const T: usize>(
+    group: &G,
+    sub: usize,
+    q: *const i8,
+    cols: usize,
+) -> [__m256i; T] {
+    let nibble = _mm256_set1_epi8(0x0F);
+    let mut pairs = [_mm256_setzero_si256(); T];
+    for l in 0..4 {
+        let v = group.load(sub, l);
+        let lo = _mm256_and_si256(v, nibble);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+        for (t, pairs) in pairs.iter_mut().enumerate() {
+            let a = q.add(t * cols + 8 * l) as *const i32;
+            let a_lo = _mm256_set1_epi32(a.read_unaligned());
+            let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
+            *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
+            *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
+        }
+    }
+    pairs
+}
+
 /// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
 /// `groups` (each `cols / 32 / G::SUBS` groups), for `T` rows; with `CACHED`, `scales` are
 /// [`scale_vectors`] of `groups` (for several tiles of rows passing the same weights);
@@ -183,26 +214,13 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let sum = x.sum.as_ptr().add(r0 * nb);
-    let nibble = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
-                let mut pairs = [_mm256_setzero_si256(); T];
-                for l in 0..4 {
-                    let v = group.load(sub, l);
-                    let lo = _mm256_and_si256(v, nibble);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-                    for (t, pairs) in pairs.iter_mut().enumerate() {
-                        let a = q.add(t * cols + b * QK + 8 * l) as *const i32;
-                        let a_lo = _mm256_set1_epi32(a.read_unaligned());
-                        let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
-                        *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
-                        *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
-                    }
-                }
+                let pairs = nibble_pairs::<G, T>(group, sub, q.add(b * QK), cols);
                 let [dw, m] = if CACHED {
                     *scales.get_unchecked((g * per_row + i) * G::SUBS + sub)
                 } else {
@@ -248,7 +266,6 @@ pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, 
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let block_pairs = x.block_pairs.as_ptr().add(r0 * nb / 2);
-    let nibble = _mm256_set1_epi8(0x0F);
     // Row j's byte (of 8, in both halves) to both 16-bit halves of 32-bit lane j.
     let spread = _mm256_setr_epi8(
         0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, 4, -1, 4, -1, 5, -1, 5, -1, 6, -1,
@@ -262,19 +279,7 @@ pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, 
                 let b = i * SPAN_K + sub;
                 let bytes = (group.sc[sub].as_ptr() as *const i64).read_unaligned();
                 let sc = _mm256_shuffle_epi8(_mm256_set1_epi64x(bytes), spread);
-                let mut pairs = [_mm256_setzero_si256(); T];
-                for l in 0..4 {
-                    let v = group.load(sub, l);
-                    let lo = _mm256_and_si256(v, nibble);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-                    for (t, pairs) in pairs.iter_mut().enumerate() {
-                        let a = q.add(t * cols + b * QK + 8 * l) as *const i32;
-                        let a_lo = _mm256_set1_epi32(a.read_unaligned());
-                        let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
-                        *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
-                        *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
-                    }
-                }
+                let pairs = nibble_pairs::<Q4KGroup, T>(group, sub, q.add(b * QK), cols);
                 for (ints, pairs) in ints.iter_mut().zip(pairs) {
                     *ints = _mm256_add_epi32(*ints, _mm256_madd_epi16(pairs, sc));
                 }
