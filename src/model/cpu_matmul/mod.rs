@@ -63,6 +63,8 @@ pub use avx2::hsum as avx2_hsum;
 
 /// Decode rows multiplied with one unpacked weight block.
 const MAX_TILE: usize = 4;
+/// The same for the AVX-512 VNNI tiles, whose 32 registers hold twice the rows.
+const MAX_TILE_VNNI: usize = 8;
 /// Smallest matmul (in multiply-adds) split over the thread pool.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Weight rows visited together by all tiles of activation rows (L1-sized); also the width
@@ -122,6 +124,27 @@ macro_rules! with_tile_rows {
                 $body
             }
             t => unreachable!("tile of {t} rows"),
+        }
+    };
+    (wide $t:expr, $n:ident => $body:expr) => {
+        match $t {
+            5 => {
+                const $n: usize = 5;
+                $body
+            }
+            6 => {
+                const $n: usize = 6;
+                $body
+            }
+            7 => {
+                const $n: usize = 7;
+                $body
+            }
+            8 => {
+                const $n: usize = 8;
+                $body
+            }
+            t => with_tile_rows!(t, $n => $body),
         }
     };
 }
@@ -341,14 +364,22 @@ impl CpuQMatMul {
             (&x[..0], x)
         };
         let rows = decode.len() / cols;
-        for_each_tile(w, cols, rows, range, y, stride, |groups, r0, t, out| {
-            let x = &decode[r0 * cols..(r0 + t) * cols];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2, FMA and F16C were detected; x holds t rows.
-            with_tile_rows!(t, T => unsafe { floats::tile::<E, T>(groups, cols, x, out) });
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (groups, x, out);
-        });
+        for_each_tile(
+            w,
+            cols,
+            (rows, MAX_TILE),
+            range,
+            y,
+            stride,
+            |groups, r0, t, out| {
+                let x = &decode[r0 * cols..(r0 + t) * cols];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2, FMA and F16C were detected; x holds t rows.
+                with_tile_rows!(t, T => unsafe { floats::tile::<E, T>(groups, cols, x, out) });
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (groups, x, out);
+            },
+        );
         let skipped = x.len() / cols - prompt.len() / cols;
         // SAFETY: the prompt rows' outputs start after the decode rows done above.
         let y_prompt = unsafe { SharedOut(y.at(skipped * stride)) };
@@ -397,7 +428,15 @@ impl CpuQMatMul {
         let mut tile = tile;
         for c0 in (o0..o1).step_by(ROWS) {
             let range = (c0, (c0 + ROWS).min(o1));
-            for_each_tile(w, cols, prompt_rows, range, y_prompt, stride, &mut tile);
+            for_each_tile(
+                w,
+                cols,
+                (prompt_rows, MAX_TILE),
+                range,
+                y_prompt,
+                stride,
+                &mut tile,
+            );
         }
     }
 
@@ -416,21 +455,38 @@ impl CpuQMatMul {
         // them again for a few).
         let mut scales = Vec::new();
         let several = x8.len() > 4 * MAX_TILE;
+        let vnni = prompt8::vnni_available();
         let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
             if several && r0 == 0 {
                 // SAFETY: x8 exists only where AVX2, FMA and F16C were detected.
                 unsafe { prompt8::scale_vectors(groups, &mut scales) };
             }
-            // SAFETY: as above; x8 holds rows r0..r0 + t; scales are those of groups.
-            with_tile_rows!(t, T => unsafe {
-                if several {
-                    prompt8::tile::<G, T, true>(groups, &scales, x8, r0, out)
-                } else {
-                    prompt8::tile::<G, T, false>(groups, &[], x8, r0, out)
+            let scales = if several { &scales[..] } else { &[] };
+            // SAFETY: as above; x8 holds rows r0..r0 + t; scales are those of groups; VNNI
+            // was detected where it is used.
+            unsafe {
+                match (several, vnni) {
+                    (true, true) => with_tile_rows!(wide t, T =>
+                        prompt8::tile_vnni::<G, T, true>(groups, scales, x8, r0, out)),
+                    (false, true) => with_tile_rows!(wide t, T =>
+                        prompt8::tile_vnni::<G, T, false>(groups, scales, x8, r0, out)),
+                    (true, false) => with_tile_rows!(t, T =>
+                        prompt8::tile::<G, T, true>(groups, scales, x8, r0, out)),
+                    (false, false) => with_tile_rows!(t, T =>
+                        prompt8::tile::<G, T, false>(groups, scales, x8, r0, out)),
                 }
-            })
+            }
         };
-        for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
+        let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
+        for_each_tile(
+            w,
+            self.in_features,
+            (x8.len(), max_tile),
+            range,
+            y,
+            stride,
+            tile,
+        );
     }
 
     /// [`Self::run_int8`] for Q4_K, through [`prompt8::tile_k`] (`x8` quantized per
@@ -444,12 +500,29 @@ impl CpuQMatMul {
         stride: usize,
         range: (usize, usize),
     ) {
+        let vnni = prompt8::vnni_available();
         let tile = |groups: &[Q4KGroup], r0: usize, t: usize, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
-            // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K).
-            with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out) })
+            // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K); VNNI was
+            // detected where it is used.
+            if vnni {
+                with_tile_rows!(wide t, T => unsafe {
+                    prompt8::tile_k_vnni::<T>(groups, x8, r0, out)
+                })
+            } else {
+                with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out) })
+            }
         };
-        for_each_tile(w, self.in_features, x8.len(), range, y, stride, tile);
+        let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
+        for_each_tile(
+            w,
+            self.in_features,
+            (x8.len(), max_tile),
+            range,
+            y,
+            stride,
+            tile,
+        );
     }
 
     /// [`Self::run_range`] for weight groups of type `G`: decode rows through the register
@@ -485,29 +558,42 @@ impl CpuQMatMul {
     ) {
         let cols = self.in_features;
         let rows = x.len() / cols;
-        for_each_tile(w, cols, rows, (o0, o1), y, stride, |groups, r0, t, out| {
-            let x = &x[r0 * cols..(r0 + t) * cols];
-            compute_tile(groups, cols, x, x16.map(|x16| (x16, r0)), out);
-        });
+        let max_tile = if x16.is_some() && prompt8::vnni_available() {
+            MAX_TILE_VNNI
+        } else {
+            MAX_TILE
+        };
+        for_each_tile(
+            w,
+            cols,
+            (rows, max_tile),
+            (o0, o1),
+            y,
+            stride,
+            |groups, r0, t, out| {
+                let x = &x[r0 * cols..(r0 + t) * cols];
+                compute_tile(groups, cols, x, x16.map(|x16| (x16, r0)), out);
+            },
+        );
     }
 }
 
 /// Output columns `o0..o1` of `rows` activation rows into `y` (row stride `stride`): weight
-/// rows in L1-sized chunks, every tile of up to [`MAX_TILE`] activation rows streaming past
-/// them (a chunk's tiles in order from row 0); `tile(groups, r0, t, out)` computes rows
+/// rows in L1-sized chunks, every tile of up to `max_tile` ([`MAX_TILE`], or
+/// [`MAX_TILE_VNNI`]) activation rows streaming past them (a chunk's tiles in order from row 0); `tile(groups, r0, t, out)` computes rows
 /// `r0..r0 + t` against `groups` into `out`,
 /// `out[(g * t + i) * 8 + j]` being output column `8g + j` (of the chunk) of row `r0 + i`.
 fn for_each_tile<G: Group>(
     w: &[G],
     cols: usize,
-    rows: usize,
+    (rows, max_tile): (usize, usize),
     (o0, o1): (usize, usize),
     y: SharedOut,
     stride: usize,
     mut tile: impl FnMut(&[G], usize, usize, &mut [f32]),
 ) {
     let per_row = cols / QK / G::SUBS;
-    let mut scratch = [0f32; W_CHUNK * MAX_TILE];
+    let mut scratch = [0f32; W_CHUNK * MAX_TILE_VNNI];
     debug_assert!(o0.is_multiple_of(ROWS));
     let mut c0 = o0;
     while c0 < o1 {
@@ -515,7 +601,7 @@ fn for_each_tile<G: Group>(
         let groups = &w[c0 / ROWS * per_row..c1.div_ceil(ROWS) * per_row];
         let mut r0 = 0;
         while r0 < rows {
-            let t = (rows - r0).min(MAX_TILE);
+            let t = (rows - r0).min(max_tile);
             let scratch = &mut scratch[..groups.len() / per_row * t * ROWS];
             tile(groups, r0, t, scratch);
             for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
@@ -642,8 +728,14 @@ fn compute_tile<G: Kernel>(
     let t = x.len() / cols;
     #[cfg(target_arch = "x86_64")]
     if let Some((x16, r0)) = x16 {
-        // SAFETY: x16 exists only where AVX2 and FMA were detected; it holds rows r0..r0 + t.
-        with_tile_rows!(t, T => unsafe { decode::tile::<G, T>(groups, x16, r0, out) });
+        if prompt8::vnni_available() {
+            // SAFETY: as below, and VNNI was detected.
+            with_tile_rows!(wide t, T => unsafe { decode::tile_vnni::<G, T>(groups, x16, r0, out) });
+        } else {
+            // SAFETY: x16 exists only where AVX2 and FMA were detected; it holds rows
+            // r0..r0 + t.
+            with_tile_rows!(t, T => unsafe { decode::tile::<G, T>(groups, x16, r0, out) });
+        }
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1065,6 +1157,101 @@ mod tests {
             gemm::pack_avx2(&blocks[2 * n_blocks..4 * n_blocks], n_blocks, &mut b);
         }
         assert!(a == b, "{name}: prompt-row panels");
+    }
+
+    /// With AVX-512 VNNI, the tiles of 1-8 rows give each row the same bits as the AVX2 tile
+    /// of that row alone: the 16-bit decode tile for every type, the 8-bit tiles for Q4_0,
+    /// Q4_1 and Q4_K.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_tiles_equal_the_avx2_ones() {
+        if !prompt8::vnni_available() {
+            return;
+        }
+        /// `tile(t, out)` for `t` = 1..8 rows against `tile(1, ..)` of each row: `alone(r)`.
+        fn check(name: String, groups: usize, tile: impl Fn(usize, bool, usize, &mut [f32])) {
+            for t in 1..=MAX_TILE_VNNI {
+                let mut batched = vec![f32::NAN; groups * t * ROWS];
+                tile(t, true, 0, &mut batched);
+                for r in 0..t {
+                    let mut alone = vec![f32::NAN; groups * ROWS];
+                    tile(1, false, r, &mut alone);
+                    for g in 0..groups {
+                        let got = &batched[(g * t + r) * ROWS..][..ROWS];
+                        assert_eq!(got, &alone[g * ROWS..][..ROWS], "{name}: row {r} of {t}");
+                    }
+                }
+            }
+        }
+        fn decode_tiles<G: Kernel>(w: &[G], cols: usize, x16: &Rows16, name: String) {
+            let groups = w.len() / (cols / QK / G::SUBS);
+            check(name, groups, |t, vnni, r0, out| {
+                // SAFETY: VNNI (and so AVX2) was detected; x16 holds 8 rows.
+                unsafe {
+                    if vnni {
+                        with_tile_rows!(wide t, T => decode::tile_vnni::<G, T>(w, x16, r0, out))
+                    } else {
+                        with_tile_rows!(t, T => decode::tile::<G, T>(w, x16, r0, out))
+                    }
+                }
+            });
+        }
+        for dtype in quantized() {
+            let k = packed_blocks(dtype);
+            let cols = k.in_features;
+            let x = random(MAX_TILE_VNNI * cols, 31);
+            // SAFETY: AVX2, FMA and F16C were detected (with VNNI).
+            let x16 = unsafe { Rows16::quantize(&x, cols) };
+            let name = format!("{dtype:?} decode tile");
+            with_groups!(&*k.packed, w => decode_tiles(w, cols, &x16, name));
+            let span = if dtype == GgmlDType::Q4K {
+                prompt8::SPAN_K
+            } else {
+                1
+            };
+            // SAFETY: as above.
+            let x8 = unsafe { Rows8::quantize(&x, cols, span) };
+            match &*k.packed {
+                Packed::Q4(w) => {
+                    let groups = w.len() / (cols / QK);
+                    check(
+                        format!("{dtype:?} 8-bit tile"),
+                        groups,
+                        |t, vnni, r0, out| {
+                            // SAFETY: as above; x8 holds 8 rows.
+                            unsafe {
+                                if vnni {
+                                    with_tile_rows!(wide t, T =>
+                                    prompt8::tile_vnni::<_, T, false>(w, &[], &x8, r0, out))
+                                } else {
+                                    with_tile_rows!(t, T =>
+                                    prompt8::tile::<_, T, false>(w, &[], &x8, r0, out))
+                                }
+                            }
+                        },
+                    );
+                }
+                Packed::Q4K(w) => {
+                    let groups = w.len() / (cols / QK_K);
+                    check(
+                        format!("{dtype:?} 8-bit tile"),
+                        groups,
+                        |t, vnni, r0, out| {
+                            // SAFETY: as above; x8 holds 8 rows, quantized per super-block.
+                            unsafe {
+                                if vnni {
+                                    with_tile_rows!(wide t, T =>
+                                    prompt8::tile_k_vnni::<T>(w, &x8, r0, out))
+                                } else {
+                                    with_tile_rows!(t, T => prompt8::tile_k::<T>(w, &x8, r0, out))
+                                }
+                            }
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A row's result is the same alone and in any batch, for both kinds of rows, every type,

@@ -12,6 +12,11 @@
 //! `8l + [2, 6, 3, 7]`; the activations are stored in that order ([`PERMUTATION`]) so each
 //! product is one broadcast of four bytes. A row's result depends only on its own values, so
 //! it is the same in every batch.
+//!
+//! Where the CPU has AVX-512 VNNI (with VL: [`vnni_available`]), `vpdpbusd` adds four products
+//! straight into 32-bit lanes ([`nibble_dots`]): the same integers with fewer instructions, so
+//! the same bits; its 32 registers hold tiles of up to 8 rows (weights unpacked once for 8
+//! decode rows), and the weights a tile reads next are prefetched.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -187,6 +192,84 @@ unsafe fn nibble_pairs<G: Avx2Nibbles, const T: usize>(
     pairs
 }
 
+/// [`nibble_pairs`] with AVX-512 VNNI: each row's 32 products of block `sub` added up as one
+/// 32-bit integer (`vpdpbusd`: four products into a lane per instruction, no 16-bit pairs to
+/// widen), row `j`'s in lane `j`; the same integers as `vpmaddwd` of the pairs by ones.
+/// Low and high nibbles accumulate apart, two chains per row, so the adds overlap.
+///
+/// # Safety
+/// The CPU must support AVX2, AVX-512 VL and VNNI; `q` points at a block of each of the `T`
+/// rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn nibble_dots<G: Avx2Nibbles, const T: usize>(
+    group: &G,
+    sub: usize,
+    q: *const i8,
+    cols: usize,
+) -> [__m256i; T] {
+    let nibble = _mm256_set1_epi8(0x0F);
+    let mut lo_dots = [_mm256_setzero_si256(); T];
+    let mut hi_dots = [_mm256_setzero_si256(); T];
+    for l in 0..4 {
+        let v = group.load(sub, l);
+        let lo = _mm256_and_si256(v, nibble);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+        for t in 0..T {
+            let a = q.add(t * cols + 8 * l) as *const i32;
+            let a_lo = _mm256_set1_epi32(a.read_unaligned());
+            let a_hi = _mm256_set1_epi32(a.add(1).read_unaligned());
+            lo_dots[t] = _mm256_dpbusd_epi32(lo_dots[t], lo, a_lo);
+            // Past 4 rows, one chain per row (registers run short; 8 chains still overlap).
+            let hi_dots = if T > 4 { &mut lo_dots } else { &mut hi_dots };
+            hi_dots[t] = _mm256_dpbusd_epi32(hi_dots[t], hi, a_hi);
+        }
+    }
+    if T > 4 {
+        return lo_dots;
+    }
+    let mut dots = [_mm256_setzero_si256(); T];
+    for t in 0..T {
+        dots[t] = _mm256_add_epi32(lo_dots[t], hi_dots[t]);
+    }
+    dots
+}
+
+/// Asks for the group [`PREFETCH_GROUPS`] after `group` in memory (the next ones a tile
+/// reads), so that its bytes arrive while this one is multiplied.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn prefetch_ahead<G>(group: &G) {
+    let ahead = (group as *const G).add(PREFETCH_GROUPS) as *const i8;
+    for line in (0..std::mem::size_of::<G>()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+    }
+}
+
+/// How far ahead [`prefetch_ahead`] reads.
+const PREFETCH_GROUPS: usize = 4;
+
+/// Whether the CPU has AVX-512 VNNI (with VL, for 256-bit registers): [`tile`] and
+/// [`tile_k`] then take [`nibble_dots`]; `DOCANALYZE_VNNI=0` keeps them on AVX2 (to compare).
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            super::avx2::available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && std::env::var("DOCANALYZE_VNNI").map_or(true, |v| v != "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
 /// `groups` (each `cols / 32 / G::SUBS` groups), for `T` rows; with `CACHED`, `scales` are
 /// [`scale_vectors`] of `groups` (for several tiles of rows passing the same weights);
@@ -199,6 +282,36 @@ unsafe fn nibble_pairs<G: Avx2Nibbles, const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
+    groups: &[G],
+    scales: &[[__m256; 2]],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
+    tile_with::<G, T, CACHED, false>(groups, scales, x, r0, out)
+}
+
+/// [`tile`] with AVX-512 VNNI ([`nibble_dots`]): the same integers, so the same bits.
+///
+/// # Safety
+/// As [`tile`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn tile_vnni<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
+    groups: &[G],
+    scales: &[[__m256; 2]],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
+    tile_with::<G, T, CACHED, true>(groups, scales, x, r0, out)
+}
+
+/// The body of [`tile`] (`VNNI` false) and [`tile_vnni`], inlined into each so that it is
+/// compiled with its caller's instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_with<G: Avx2Nibbles, const T: usize, const CACHED: bool, const VNNI: bool>(
     groups: &[G],
     scales: &[[__m256; 2]],
     x: &Rows8,
@@ -218,9 +331,21 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
+            if VNNI && T > 2 {
+                prefetch_ahead(group);
+            }
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
-                let pairs = nibble_pairs::<G, T>(group, sub, q.add(b * QK), cols);
+                let q = q.add(b * QK);
+                let dots = if VNNI {
+                    nibble_dots::<G, T>(group, sub, q, cols)
+                } else {
+                    let mut pairs = nibble_pairs::<G, T>(group, sub, q, cols);
+                    for p in &mut pairs {
+                        *p = _mm256_madd_epi16(*p, ones);
+                    }
+                    pairs
+                };
                 let [dw, m] = if CACHED {
                     *scales.get_unchecked((g * per_row + i) * G::SUBS + sub)
                 } else {
@@ -228,7 +353,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
                     [d, m]
                 };
                 for (t, acc) in acc.iter_mut().enumerate() {
-                    let ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs[t], ones));
+                    let ints = _mm256_cvtepi32_ps(dots[t]);
                     let da = _mm256_set1_ps(*d.add(t * nb + b));
                     *acc = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, da), *acc);
                     *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(*sum.add(t * nb + b)), *acc);
@@ -257,6 +382,34 @@ pub const SPAN_K: usize = 8;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, out: &mut [f32]) {
+    tile_k_with::<T, false>(groups, x, r0, out)
+}
+
+/// [`tile_k`] with AVX-512 VNNI: each block's 32-bit sums ([`nibble_dots`]) times the 6-bit
+/// scales (`vpmulld`) — the same integers, so the same bits.
+///
+/// # Safety
+/// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn tile_k_vnni<const T: usize>(
+    groups: &[Q4KGroup],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
+    tile_k_with::<T, true>(groups, x, r0, out)
+}
+
+/// The body of [`tile_k`] (`VNNI` false) and [`tile_k_vnni`], inlined into each.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
+    groups: &[Q4KGroup],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
     let cols = x.cols;
     let nb = cols / QK;
     let per_row = nb / SPAN_K;
@@ -274,14 +427,27 @@ pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, 
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
+            if VNNI && T > 2 {
+                prefetch_ahead(group);
+            }
             let mut ints = [_mm256_setzero_si256(); T];
             for sub in 0..SPAN_K {
                 let b = i * SPAN_K + sub;
-                let bytes = (group.sc[sub].as_ptr() as *const i64).read_unaligned();
-                let sc = _mm256_shuffle_epi8(_mm256_set1_epi64x(bytes), spread);
-                let pairs = nibble_pairs::<Q4KGroup, T>(group, sub, q.add(b * QK), cols);
-                for (ints, pairs) in ints.iter_mut().zip(pairs) {
-                    *ints = _mm256_add_epi32(*ints, _mm256_madd_epi16(pairs, sc));
+                let q = q.add(b * QK);
+                if VNNI {
+                    let sc = group.sc[sub].as_ptr() as *const __m128i;
+                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc));
+                    let dots = nibble_dots::<Q4KGroup, T>(group, sub, q, cols);
+                    for t in 0..T {
+                        ints[t] = _mm256_add_epi32(ints[t], _mm256_mullo_epi32(dots[t], sc));
+                    }
+                } else {
+                    let bytes = (group.sc[sub].as_ptr() as *const i64).read_unaligned();
+                    let sc = _mm256_shuffle_epi8(_mm256_set1_epi64x(bytes), spread);
+                    let pairs = nibble_pairs::<Q4KGroup, T>(group, sub, q, cols);
+                    for t in 0..T {
+                        ints[t] = _mm256_add_epi32(ints[t], _mm256_madd_epi16(pairs[t], sc));
+                    }
                 }
             }
             let dw = _mm256_load_ps(group.d.as_ptr());
