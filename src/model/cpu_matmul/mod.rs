@@ -414,13 +414,21 @@ impl CpuQMatMul {
         let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
         let mut chunk = unpacked8::Chunk8::default();
         let prompt_rows = x8.len() - decode_rows;
+        let vnni = prompt8::vnni_available();
+        let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
         let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
-            // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; x8 holds the rows.
+            // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; x8 holds the rows;
+            // VNNI was detected where it is used.
             unsafe {
                 if r0 == 0 {
                     unpacked8::unpack(groups, &mut chunk);
                 }
-                with_tile_rows!(t, T => unpacked8::tile::<T>(&chunk, x8, decode_rows + r0, out))
+                let r0 = decode_rows + r0;
+                if vnni {
+                    with_tile_rows!(wide t, T => unpacked8::tile::<T, true>(&chunk, x8, r0, out))
+                } else {
+                    with_tile_rows!(t, T => unpacked8::tile::<T, false>(&chunk, x8, r0, out))
+                }
             }
         };
         // One group of 8 weight rows at a time: its unpacked bytes stay in L1 (up to 2048
@@ -431,7 +439,7 @@ impl CpuQMatMul {
             for_each_tile(
                 w,
                 cols,
-                (prompt_rows, MAX_TILE),
+                (prompt_rows, max_tile),
                 range,
                 y_prompt,
                 stride,
@@ -1161,7 +1169,7 @@ mod tests {
 
     /// With AVX-512 VNNI, the tiles of 1-8 rows give each row the same bits as the AVX2 tile
     /// of that row alone: the 16-bit decode tile for every type, the 8-bit tiles for Q4_0,
-    /// Q4_1 and Q4_K.
+    /// Q4_1 and Q4_K, the unpacked 8-bit tile for the other types but Q8_0.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_tiles_equal_the_avx2_ones() {
@@ -1248,6 +1256,28 @@ mod tests {
                             }
                         },
                     );
+                }
+                _ if k.unpacks => {
+                    fn unpacked<G: Kernel>(w: &[G], cols: usize, x8: &Rows8, name: String) {
+                        let mut chunk = unpacked8::Chunk8::default();
+                        // SAFETY: as above; the chunk holds whole group rows.
+                        unsafe { unpacked8::unpack(w, &mut chunk) };
+                        let groups = w.len() / (cols / QK / G::SUBS);
+                        check(name, groups, |t, vnni, r0, out| {
+                            // SAFETY: as above; x8 holds 8 rows.
+                            unsafe {
+                                if vnni {
+                                    with_tile_rows!(wide t, T =>
+                                        unpacked8::tile::<T, true>(&chunk, x8, r0, out))
+                                } else {
+                                    with_tile_rows!(t, T =>
+                                        unpacked8::tile::<T, false>(&chunk, x8, r0, out))
+                                }
+                            }
+                        });
+                    }
+                    let name = format!("{dtype:?} unpacked 8-bit tile");
+                    with_groups!(&*k.packed, w => unpacked(w, cols, &x8, name));
                 }
                 _ => {}
             }

@@ -15,6 +15,10 @@
 //! (Q5_1, Q2_K, Q5_K) multiply the exact f32 sums of the activations, as in
 //! [`super::prompt8`].
 //!
+//! With AVX-512 VNNI ([`tile_of_vnni`]), a half block's products add up in 32 bits
+//! (`vpdpbusd`) and meet the integer scales with `vpmulld`: the same integers, so the same
+//! bits, in tiles of up to 8 rows.
+//!
 //! Decode rows of these types stay on the 16-bit kernel (unpacking a chunk for a few rows
 //! costs more than it saves). A prompt row takes this path whatever rows share its step, so
 //! its result is the same in every batch.
@@ -147,18 +151,28 @@ unsafe fn registers4<G: Avx2Group>(group: &G, sub: usize, l: usize) -> [__m256i;
 /// `out[(g * T + t) * 8 + j]` = prompt row `r0 + t` of `x` · row `j` of group row `g` of the
 /// unpacked `chunk` (`nb` blocks per row), for `T` rows.
 ///
+/// With `VNNI`, through [`tile_of_vnni`].
+///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `x` holds rows `r0..r0 + T`; `chunk` holds whole group
-/// rows of `nb` blocks.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile<const T: usize>(chunk: &Chunk8, x: &Rows8, r0: usize, out: &mut [f32]) {
+/// The CPU must support AVX2 and FMA (and AVX-512 VL and VNNI with `VNNI`); `x` holds rows
+/// `r0..r0 + T`; `chunk` holds whole group rows of `nb` blocks.
+pub unsafe fn tile<const T: usize, const VNNI: bool>(
+    chunk: &Chunk8,
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
     const ONE: u8 = Scaling::One as u8;
     const HALVES: u8 = Scaling::Halves as u8;
     const INT: u8 = Scaling::IntHalves as u8;
     macro_rules! dispatch {
         ($($s:ident $w:literal $b:literal),*) => {
             match (chunk.scaling as u8, chunk.wide, chunk.bias != 0) {
-                $(($s, $w, $b) => tile_of::<T, $s, $w, $b>(chunk, x, r0, out),)*
+                $(($s, $w, $b) => if VNNI {
+                    tile_of_vnni::<T, $s, $w, $b>(chunk, x, r0, out)
+                } else {
+                    tile_of::<T, $s, $w, $b>(chunk, x, r0, out)
+                },)*
                 _ => unreachable!(),
             }
         };
@@ -183,8 +197,40 @@ pub unsafe fn tile<const T: usize>(chunk: &Chunk8, x: &Rows8, r0: usize, out: &m
 /// # Safety
 /// As [`tile`].
 #[target_feature(enable = "avx2,fma")]
-#[inline]
 unsafe fn tile_of<const T: usize, const SCALING: u8, const WIDE: bool, const BIASED: bool>(
+    chunk: &Chunk8,
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
+    tile_of_with::<T, SCALING, WIDE, BIASED, false>(chunk, x, r0, out)
+}
+
+/// [`tile_of`] with AVX-512 VNNI: a half block's products add up in 32 bits (`vpdpbusd`, no
+/// 16-bit pair sums to widen), then times the integer scales (`vpmulld`): the same integers,
+/// so the same bits.
+///
+/// # Safety
+/// As [`tile`], and the CPU must support AVX-512 VL and VNNI.
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+unsafe fn tile_of_vnni<const T: usize, const SCALING: u8, const WIDE: bool, const BIASED: bool>(
+    chunk: &Chunk8,
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+) {
+    tile_of_with::<T, SCALING, WIDE, BIASED, true>(chunk, x, r0, out)
+}
+
+/// The body of [`tile_of`] (`VNNI` false) and [`tile_of_vnni`], inlined into each.
+#[inline(always)]
+unsafe fn tile_of_with<
+    const T: usize,
+    const SCALING: u8,
+    const WIDE: bool,
+    const BIASED: bool,
+    const VNNI: bool,
+>(
     chunk: &Chunk8,
     x: &Rows8,
     r0: usize,
@@ -227,6 +273,28 @@ unsafe fn tile_of<const T: usize, const SCALING: u8, const WIDE: bool, const BIA
             let mut halves = [[_mm256_setzero_si256(); 2]; T];
             for (half, &widen) in widen.iter().enumerate() {
                 let into = usize::from(half == 1 && !int);
+                if VNNI {
+                    let mut dots = [_mm256_setzero_si256(); T];
+                    for p in 4 * half..4 * half + 4 {
+                        let w = _mm256_load_si256(w.add(p));
+                        for (t, dots) in dots.iter_mut().enumerate() {
+                            let a = q.add(t * cols + b * QK + 4 * p) as *const i32;
+                            let a = _mm256_set1_epi32(a.read_unaligned());
+                            *dots = _mm256_dpbusd_epi32(*dots, w, a);
+                        }
+                    }
+                    // The 16-bit scale (in both halves of each lane), sign-extended.
+                    let scale = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(widen));
+                    for (halves, dots) in halves.iter_mut().zip(dots) {
+                        let dots = if int {
+                            _mm256_mullo_epi32(dots, scale)
+                        } else {
+                            dots
+                        };
+                        halves[into] = _mm256_add_epi32(halves[into], dots);
+                    }
+                    continue;
+                }
                 let mut pairs = [_mm256_setzero_si256(); T];
                 for p in 4 * half..4 * half + 4 {
                     let w = _mm256_load_si256(w.add(p));
