@@ -236,19 +236,19 @@ unsafe fn nibble_dots<G: Avx2Nibbles, const T: usize>(
     dots
 }
 
-/// Asks for the group [`PREFETCH_GROUPS`] after `group` in memory (the next ones a tile
-/// reads), so that its bytes arrive while this one is multiplied.
+/// Asks for the bytes [`PREFETCH_BYTES`] after `group` in memory (the weights a tile reads
+/// next), as many as a group holds, so that they arrive while this one is multiplied.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) unsafe fn prefetch_ahead<G>(group: &G) {
-    let ahead = (group as *const G).add(PREFETCH_GROUPS) as *const i8;
+    let ahead = (group as *const G as *const i8).wrapping_add(PREFETCH_BYTES);
     for line in (0..std::mem::size_of::<G>()).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
     }
 }
 
-/// How far ahead [`prefetch_ahead`] reads.
-const PREFETCH_GROUPS: usize = 4;
+/// How far ahead [`prefetch_ahead`] reads: about four Q4_K groups.
+const PREFETCH_BYTES: usize = 4096;
 
 /// Whether the CPU has AVX-512 VNNI (with VL, for 256-bit registers): [`tile`] and
 /// [`tile_k`] then take [`nibble_dots`]; `DOCANALYZE_VNNI=0` keeps them on AVX2 (to compare).
