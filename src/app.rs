@@ -90,6 +90,8 @@ fn extract_text_command(args: &ExtractTextArgs) -> anyhow::Result<ExitCode> {
 
 /// Sizes candle's and our thread pools before any work starts.
 pub fn init_threads(threads: usize) {
+    // Before the pool's threads exist, so that they share the one arena.
+    crate::model::keep_freed_memory();
     // candle reads RAYON_NUM_THREADS for its CPU kernels. Its elementwise ops run on a
     // spinning barrier pool that competes with ours for the same cores; they are small next
     // to the matmuls and attention (our rayon pool), so candle gets one thread.

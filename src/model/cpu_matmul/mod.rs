@@ -65,6 +65,9 @@ pub use avx2::hsum as avx2_hsum;
 const MAX_TILE: usize = 4;
 /// The same for the AVX-512 VNNI tiles, whose 32 registers hold twice the rows.
 const MAX_TILE_VNNI: usize = 8;
+/// Bytes of activation rows (at one byte per column: 8-bit rows) in a block of rows that
+/// [`for_each_tile`] passes over all the weights of a task before the next (half of L2).
+const ROW_BLOCK_BYTES: usize = 512 << 10;
 /// Smallest matmul (in multiply-adds) split over the thread pool.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Weight rows visited together by all tiles of activation rows (L1-sized); also the width
@@ -371,7 +374,7 @@ impl CpuQMatMul {
             range,
             y,
             stride,
-            |groups, r0, t, out| {
+            |groups, r0, t, _, out| {
                 let x = &decode[r0 * cols..(r0 + t) * cols];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2, FMA and F16C were detected; x holds t rows.
@@ -416,11 +419,11 @@ impl CpuQMatMul {
         let prompt_rows = x8.len() - decode_rows;
         let vnni = prompt8::vnni_available();
         let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
-        let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
+        let tile = |groups: &[G], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; x8 holds the rows;
             // VNNI was detected where it is used.
             unsafe {
-                if r0 == 0 {
+                if first {
                     unpacked8::unpack(groups, &mut chunk);
                 }
                 let r0 = decode_rows + r0;
@@ -464,8 +467,8 @@ impl CpuQMatMul {
         let mut scales = Vec::new();
         let several = x8.len() > 4 * MAX_TILE;
         let vnni = prompt8::vnni_available();
-        let tile = |groups: &[G], r0: usize, t: usize, out: &mut [f32]| {
-            if several && r0 == 0 {
+        let tile = |groups: &[G], r0: usize, t: usize, first: bool, out: &mut [f32]| {
+            if several && first {
                 // SAFETY: x8 exists only where AVX2, FMA and F16C were detected.
                 unsafe { prompt8::scale_vectors(groups, &mut scales) };
             }
@@ -509,7 +512,7 @@ impl CpuQMatMul {
         range: (usize, usize),
     ) {
         let vnni = prompt8::vnni_available();
-        let tile = |groups: &[Q4KGroup], r0: usize, t: usize, out: &mut [f32]| {
+        let tile = |groups: &[Q4KGroup], r0: usize, t: usize, _: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
             // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K); VNNI was
             // detected where it is used.
@@ -578,7 +581,7 @@ impl CpuQMatMul {
             (o0, o1),
             y,
             stride,
-            |groups, r0, t, out| {
+            |groups, r0, t, _, out| {
                 let x = &x[r0 * cols..(r0 + t) * cols];
                 compute_tile(groups, cols, x, x16.map(|x16| (x16, r0)), out);
             },
@@ -586,11 +589,13 @@ impl CpuQMatMul {
     }
 }
 
-/// Output columns `o0..o1` of `rows` activation rows into `y` (row stride `stride`): weight
-/// rows in L1-sized chunks, every tile of up to `max_tile` ([`MAX_TILE`], or
-/// [`MAX_TILE_VNNI`]) activation rows streaming past them (a chunk's tiles in order from row 0); `tile(groups, r0, t, out)` computes rows
-/// `r0..r0 + t` against `groups` into `out`,
-/// `out[(g * t + i) * 8 + j]` being output column `8g + j` (of the chunk) of row `r0 + i`.
+/// Output columns `o0..o1` of `rows` activation rows into `y` (row stride `stride`): blocks
+/// of activation rows that fit L2 ([`ROW_BLOCK_BYTES`]), and for each, weight rows in
+/// L1-sized chunks, every tile of up to `max_tile` ([`MAX_TILE`], or [`MAX_TILE_VNNI`])
+/// activation rows of the block streaming past them in order;
+/// `tile(groups, r0, t, first, out)` computes rows `r0..r0 + t` against `groups` into `out`,
+/// `out[(g * t + i) * 8 + j]` being output column `8g + j` (of the chunk) of row `r0 + i`;
+/// `first` says it is the first tile to meet this chunk since the one before it.
 fn for_each_tile<G: Group>(
     w: &[G],
     cols: usize,
@@ -598,32 +603,38 @@ fn for_each_tile<G: Group>(
     (o0, o1): (usize, usize),
     y: SharedOut,
     stride: usize,
-    mut tile: impl FnMut(&[G], usize, usize, &mut [f32]),
+    mut tile: impl FnMut(&[G], usize, usize, bool, &mut [f32]),
 ) {
     let per_row = cols / QK / G::SUBS;
     let mut scratch = [0f32; W_CHUNK * MAX_TILE_VNNI];
     debug_assert!(o0.is_multiple_of(ROWS));
-    let mut c0 = o0;
-    while c0 < o1 {
-        let c1 = (c0 + W_CHUNK).min(o1);
-        let groups = &w[c0 / ROWS * per_row..c1.div_ceil(ROWS) * per_row];
-        let mut r0 = 0;
-        while r0 < rows {
-            let t = (rows - r0).min(max_tile);
-            let scratch = &mut scratch[..groups.len() / per_row * t * ROWS];
-            tile(groups, r0, t, scratch);
-            for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
-                for (i, vals) in vals.chunks_exact(ROWS).enumerate() {
-                    let o = c0 + gi * ROWS;
-                    for (j, v) in vals[..(c1 - o).min(ROWS)].iter().enumerate() {
-                        // SAFETY: in bounds; tasks write disjoint output columns.
-                        unsafe { *y.at((r0 + i) * stride + o + j) = *v };
+    // Without blocks, many rows (several prompts in one step) stream from memory past every
+    // chunk of weights instead of from L2.
+    let block = (ROW_BLOCK_BYTES / cols / max_tile * max_tile).max(max_tile);
+    for b0 in (0..rows).step_by(block) {
+        let b1 = (b0 + block).min(rows);
+        let mut c0 = o0;
+        while c0 < o1 {
+            let c1 = (c0 + W_CHUNK).min(o1);
+            let groups = &w[c0 / ROWS * per_row..c1.div_ceil(ROWS) * per_row];
+            let mut r0 = b0;
+            while r0 < b1 {
+                let t = (b1 - r0).min(max_tile);
+                let scratch = &mut scratch[..groups.len() / per_row * t * ROWS];
+                tile(groups, r0, t, r0 == b0, scratch);
+                for (gi, vals) in scratch.chunks_exact(t * ROWS).enumerate() {
+                    for (i, vals) in vals.chunks_exact(ROWS).enumerate() {
+                        let o = c0 + gi * ROWS;
+                        for (j, v) in vals[..(c1 - o).min(ROWS)].iter().enumerate() {
+                            // SAFETY: in bounds; tasks write disjoint output columns.
+                            unsafe { *y.at((r0 + i) * stride + o + j) = *v };
+                        }
                     }
                 }
+                r0 += t;
             }
-            r0 += t;
+            c0 = c1;
         }
-        c0 = c1;
     }
 }
 
