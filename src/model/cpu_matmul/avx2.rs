@@ -669,6 +669,46 @@ unsafe fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
+/// Whether the CPU also has AVX-512 VNNI (with VL, for 256-bit registers): the 8-bit and
+/// 16-bit tiles then take `vpdpbusd`/`vpdpwssd` (the same bits); `DOCANALYZE_VNNI=0` keeps
+/// them on AVX2 (to compare).
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && std::env::var("DOCANALYZE_VNNI").map_or(true, |v| v != "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// In a VNNI tile of 3+ rows, asks for the bytes [`PREFETCH_BYTES`] after `group` in memory
+/// (the weights the tile reads next), as many as a group holds, so that they arrive while this
+/// one is multiplied. Tiles of 1-2 rows leave it to the hardware: there it made decode slower.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn prefetch_for_tile<const VNNI: bool, const T: usize, G>(group: &G) {
+    if !(VNNI && T > 2) {
+        return;
+    }
+    let ahead = (group as *const G as *const i8).wrapping_add(PREFETCH_BYTES);
+    for line in (0..std::mem::size_of::<G>()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+    }
+}
+
+/// How far ahead [`prefetch_for_tile`] reads: about four Q4_K groups.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BYTES: usize = 4096;
+
 /// Whether this CPU has AVX2, FMA and F16C (every AVX2 CPU so far): the kernels of this file,
 /// and the f16 K/V loads of decode attention (checked once).
 pub fn available() -> bool {

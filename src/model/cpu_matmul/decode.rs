@@ -100,7 +100,7 @@ pub unsafe fn tile<G: Avx2Group, const T: usize>(
 ///
 /// # Safety
 /// As [`tile`], and the CPU must support AVX-512 VL and VNNI
-/// ([`super::prompt8::vnni_available`]).
+/// ([`super::avx2::vnni_available`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn tile_vnni<G: Avx2Group, const T: usize>(
@@ -133,9 +133,7 @@ unsafe fn tile_with<G: Avx2Group, const T: usize, const VNNI: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            if VNNI && T > 2 {
-                super::prompt8::prefetch_ahead(group);
-            }
+            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
             // A super-block's scale vectors, ahead of its blocks ([`block_scales`]).
             let ahead = G::SUBS > 1;
             let mut scales = [[_mm256_setzero_ps(); 4]; 8];

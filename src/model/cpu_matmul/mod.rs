@@ -65,6 +65,15 @@ pub use avx2::hsum as avx2_hsum;
 const MAX_TILE: usize = 4;
 /// The same for the AVX-512 VNNI tiles, whose 32 registers hold twice the rows.
 const MAX_TILE_VNNI: usize = 8;
+
+/// The most rows in a tile: [`MAX_TILE_VNNI`] for the VNNI tiles, else [`MAX_TILE`].
+fn max_tile(vnni: bool) -> usize {
+    if vnni {
+        MAX_TILE_VNNI
+    } else {
+        MAX_TILE
+    }
+}
 /// Bytes of activation rows (at one byte per column: 8-bit rows) in a block of rows that
 /// [`for_each_tile`] passes over all the weights of a task before the next (half of L2).
 const ROW_BLOCK_BYTES: usize = 512 << 10;
@@ -105,49 +114,22 @@ enum Packed {
     BF16(Vec<Floats8<bf16>>),
 }
 
-/// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`]): the
-/// register tiles take their rows as a const generic.
+/// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`], or
+/// with `wide` to [`MAX_TILE_VNNI`]): the register tiles take their rows as a const generic.
 macro_rules! with_tile_rows {
     ($t:expr, $n:ident => $body:expr) => {
-        match $t {
-            1 => {
-                const $n: usize = 1;
-                $body
-            }
-            2 => {
-                const $n: usize = 2;
-                $body
-            }
-            3 => {
-                const $n: usize = 3;
-                $body
-            }
-            4 => {
-                const $n: usize = 4;
-                $body
-            }
-            t => unreachable!("tile of {t} rows"),
-        }
+        with_tile_rows!(@rows $t, $n, $body, 1 2 3 4)
     };
     (wide $t:expr, $n:ident => $body:expr) => {
+        with_tile_rows!(@rows $t, $n, $body, 1 2 3 4 5 6 7 8)
+    };
+    (@rows $t:expr, $n:ident, $body:expr, $($rows:literal)*) => {
         match $t {
-            5 => {
-                const $n: usize = 5;
+            $($rows => {
+                const $n: usize = $rows;
                 $body
-            }
-            6 => {
-                const $n: usize = 6;
-                $body
-            }
-            7 => {
-                const $n: usize = 7;
-                $body
-            }
-            8 => {
-                const $n: usize = 8;
-                $body
-            }
-            t => with_tile_rows!(t, $n => $body),
+            })*
+            t => unreachable!("tile of {t} rows"),
         }
     };
 }
@@ -417,8 +399,8 @@ impl CpuQMatMul {
         let y_prompt = unsafe { SharedOut(y.at(decode_rows * stride)) };
         let mut chunk = unpacked8::Chunk8::default();
         let prompt_rows = x8.len() - decode_rows;
-        let vnni = prompt8::vnni_available();
-        let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
+        let vnni = avx2::vnni_available();
+        let max_tile = max_tile(vnni);
         let tile = |groups: &[G], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2, FMA and F16C were detected; x8 holds the rows;
             // VNNI was detected where it is used.
@@ -466,7 +448,7 @@ impl CpuQMatMul {
         // them again for a few).
         let mut scales = Vec::new();
         let several = x8.len() > 4 * MAX_TILE;
-        let vnni = prompt8::vnni_available();
+        let vnni = avx2::vnni_available();
         let tile = |groups: &[G], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             if several && first {
                 // SAFETY: x8 exists only where AVX2, FMA and F16C were detected.
@@ -488,7 +470,7 @@ impl CpuQMatMul {
                 }
             }
         };
-        let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
+        let max_tile = max_tile(vnni);
         for_each_tile(
             w,
             self.in_features,
@@ -511,7 +493,7 @@ impl CpuQMatMul {
         stride: usize,
         range: (usize, usize),
     ) {
-        let vnni = prompt8::vnni_available();
+        let vnni = avx2::vnni_available();
         let tile = |groups: &[Q4KGroup], r0: usize, t: usize, _: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
             // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K); VNNI was
@@ -524,7 +506,7 @@ impl CpuQMatMul {
                 with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out) })
             }
         };
-        let max_tile = if vnni { MAX_TILE_VNNI } else { MAX_TILE };
+        let max_tile = max_tile(vnni);
         for_each_tile(
             w,
             self.in_features,
@@ -569,11 +551,7 @@ impl CpuQMatMul {
     ) {
         let cols = self.in_features;
         let rows = x.len() / cols;
-        let max_tile = if x16.is_some() && prompt8::vnni_available() {
-            MAX_TILE_VNNI
-        } else {
-            MAX_TILE
-        };
+        let max_tile = max_tile(x16.is_some() && avx2::vnni_available());
         for_each_tile(
             w,
             cols,
@@ -747,7 +725,7 @@ fn compute_tile<G: Kernel>(
     let t = x.len() / cols;
     #[cfg(target_arch = "x86_64")]
     if let Some((x16, r0)) = x16 {
-        if prompt8::vnni_available() {
+        if avx2::vnni_available() {
             // SAFETY: as below, and VNNI was detected.
             with_tile_rows!(wide t, T => unsafe { decode::tile_vnni::<G, T>(groups, x16, r0, out) });
         } else {
@@ -1184,10 +1162,11 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_tiles_equal_the_avx2_ones() {
-        if !prompt8::vnni_available() {
+        if !avx2::vnni_available() {
             return;
         }
-        /// `tile(t, out)` for `t` = 1..8 rows against `tile(1, ..)` of each row: `alone(r)`.
+        /// `tile(t, vnni, r0, out)`: the VNNI tile of `t` = 1..8 rows against the AVX2 tile
+        /// of each row alone.
         fn check(name: String, groups: usize, tile: impl Fn(usize, bool, usize, &mut [f32])) {
             for t in 1..=MAX_TILE_VNNI {
                 let mut batched = vec![f32::NAN; groups * t * ROWS];

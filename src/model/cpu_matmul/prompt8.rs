@@ -13,7 +13,7 @@
 //! product is one broadcast of four bytes. A row's result depends only on its own values, so
 //! it is the same in every batch.
 //!
-//! Where the CPU has AVX-512 VNNI (with VL: [`vnni_available`]), `vpdpbusd` adds four products
+//! Where the CPU has AVX-512 VNNI (with VL: [`vnni_available`](super::avx2::vnni_available)), `vpdpbusd` adds four products
 //! straight into 32-bit lanes ([`nibble_dots`]): the same integers with fewer instructions, so
 //! the same bits; its 32 registers hold tiles of up to 8 rows (weights unpacked once for 8
 //! decode rows), and the weights a tile reads next are prefetched.
@@ -236,40 +236,6 @@ unsafe fn nibble_dots<G: Avx2Nibbles, const T: usize>(
     dots
 }
 
-/// Asks for the bytes [`PREFETCH_BYTES`] after `group` in memory (the weights a tile reads
-/// next), as many as a group holds, so that they arrive while this one is multiplied.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn prefetch_ahead<G>(group: &G) {
-    let ahead = (group as *const G as *const i8).wrapping_add(PREFETCH_BYTES);
-    for line in (0..std::mem::size_of::<G>()).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
-    }
-}
-
-/// How far ahead [`prefetch_ahead`] reads: about four Q4_K groups.
-const PREFETCH_BYTES: usize = 4096;
-
-/// Whether the CPU has AVX-512 VNNI (with VL, for 256-bit registers): [`tile`] and
-/// [`tile_k`] then take [`nibble_dots`]; `DOCANALYZE_VNNI=0` keeps them on AVX2 (to compare).
-pub fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            super::avx2::available()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
-                && std::env::var("DOCANALYZE_VNNI").map_or(true, |v| v != "0")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `out[(g * T + t) * 8 + j]` = row `r0 + t` of `x` · row `j` of weight group row `g` of
 /// `groups` (each `cols / 32 / G::SUBS` groups), for `T` rows; with `CACHED`, `scales` are
 /// [`scale_vectors`] of `groups` (for several tiles of rows passing the same weights);
@@ -294,7 +260,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
 /// [`tile`] with AVX-512 VNNI ([`nibble_dots`]): the same integers, so the same bits.
 ///
 /// # Safety
-/// As [`tile`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`]).
+/// As [`tile`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`](super::avx2::vnni_available)).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn tile_vnni<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
@@ -331,9 +297,7 @@ unsafe fn tile_with<G: Avx2Nibbles, const T: usize, const CACHED: bool, const VN
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            if VNNI && T > 2 {
-                prefetch_ahead(group);
-            }
+            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
                 let q = q.add(b * QK);
@@ -389,7 +353,7 @@ pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, 
 /// scales (`vpmulld`) — the same integers, so the same bits.
 ///
 /// # Safety
-/// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`]).
+/// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`](super::avx2::vnni_available)).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn tile_k_vnni<const T: usize>(
@@ -427,9 +391,7 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            if VNNI && T > 2 {
-                prefetch_ahead(group);
-            }
+            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
             let mut ints = [_mm256_setzero_si256(); T];
             for sub in 0..SPAN_K {
                 let b = i * SPAN_K + sub;
