@@ -14,6 +14,7 @@ mod cpu_storage;
 mod gemma3;
 mod gguf;
 mod heap;
+mod huge_pages;
 mod kv_cache;
 mod linear;
 mod llama;

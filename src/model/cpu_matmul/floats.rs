@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use super::blocks::QK;
 use super::gemm::NR;
 use super::groups::{Group, Scales, ROWS};
+use crate::model::huge_pages::HugePageArray;
 
 /// A weight type held as it is.
 pub trait Element: Copy + Send + Sync + std::fmt::Debug + 'static {
@@ -116,10 +117,10 @@ impl<E: Element> Group for Floats8<E> {
 
 /// A `rows × cols` matrix of `E` (`bytes`, row-major) as `ceil(rows / 8) × (cols / 32)`
 /// groups, group rows in parallel; missing rows of the last group are zero.
-pub fn matrix<E: Element>(bytes: &[u8], rows: usize, cols: usize) -> Vec<Floats8<E>> {
+pub fn matrix<E: Element>(bytes: &[u8], rows: usize, cols: usize) -> HugePageArray<Floats8<E>> {
     use rayon::prelude::*;
     let per_row = cols / QK;
-    let mut groups = vec![Floats8::<E>::ZERO; rows.div_ceil(ROWS) * per_row];
+    let mut groups = HugePageArray::filled(rows.div_ceil(ROWS) * per_row, Floats8::<E>::ZERO);
     if per_row == 0 {
         return groups;
     }

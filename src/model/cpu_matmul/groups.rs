@@ -19,6 +19,7 @@ use std::fmt::Debug;
 use half::f16;
 
 use super::blocks::{IntBlock, QK};
+use crate::model::huge_pages::HugePageArray;
 
 /// Output rows per group.
 pub const ROWS: usize = 8;
@@ -66,10 +67,10 @@ pub fn interleave<B: IntBlock + Sync, G: BlockGroup>(
     blocks: &[B],
     rows: usize,
     nb: usize,
-) -> Vec<G> {
+) -> HugePageArray<G> {
     use rayon::prelude::*;
     debug_assert_eq!(blocks.len(), rows * nb);
-    let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * nb];
+    let mut groups = HugePageArray::filled(rows.div_ceil(ROWS) * nb, G::ZERO);
     if nb == 0 {
         return groups;
     }

@@ -11,7 +11,8 @@
 //!   and runs a register-blocked GEMM over them with f32 activations.
 //!
 //! Weights are decoded from the file's blocks once at load time and interleaved 8 rows at a
-//! time ([`groups`]), the form both kernels read.
+//! time ([`groups`]), the form both kernels read, in 2 MiB pages where the system gives them
+//! ([`super::huge_pages`]).
 //!
 //! Tasks split the output columns over the rayon pool. The order of operations for a row
 //! depends only on its kind, never on which rows share its step, so a row's result is the
@@ -50,6 +51,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::cpu_storage::contiguous;
+use super::huge_pages::HugePageArray;
 use super::team::SharedOut;
 use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, FileBlock, QK, QK_K};
 use floats::Floats8;
@@ -96,22 +98,22 @@ impl<G: Group> Kernel for G {}
 #[derive(Debug)]
 enum Packed {
     /// Q4_0 and Q4_1.
-    Q4(Vec<Nibbles8<F16Dm>>),
+    Q4(HugePageArray<Nibbles8<F16Dm>>),
     /// Q8_0.
-    Q8_0(Vec<Bytes8<true, F16D>>),
+    Q8_0(HugePageArray<Bytes8<true, F16D>>),
     /// Q5_0 (5 bits less 16, f16 scale) and Q5_1 (5 bits, f16 scale and offset).
-    Q5_0(Vec<Fives8<true, F16D>>),
-    Q5_1(Vec<Fives8<false, F16Dm>>),
+    Q5_0(HugePageArray<Fives8<true, F16D>>),
+    Q5_1(HugePageArray<Fives8<false, F16Dm>>),
     /// K-quant super-blocks, 8 rows each.
-    Q2K(Vec<Q2KGroup>),
-    Q3K(Vec<Q3KGroup>),
-    Q4K(Vec<Q4KGroup>),
-    Q5K(Vec<Q5KGroup>),
-    Q6K(Vec<Q6KGroup>),
+    Q2K(HugePageArray<Q2KGroup>),
+    Q3K(HugePageArray<Q3KGroup>),
+    Q4K(HugePageArray<Q4KGroup>),
+    Q5K(HugePageArray<Q5KGroup>),
+    Q6K(HugePageArray<Q6KGroup>),
     /// Unquantized ([`floats`]): decode rows through their FMA tile, prompt rows the GEMM.
-    F32(Vec<Floats8<f32>>),
-    F16(Vec<Floats8<f16>>),
-    BF16(Vec<Floats8<bf16>>),
+    F32(HugePageArray<Floats8<f32>>),
+    F16(HugePageArray<Floats8<f16>>),
+    BF16(HugePageArray<Floats8<bf16>>),
 }
 
 /// `$body` with the constant `$n` equal to `$t`, a tile's row count (1 to [`MAX_TILE`], or
@@ -226,7 +228,7 @@ fn unpacks(packed: &Packed) -> bool {
 }
 
 /// File blocks of a `rows`-row matrix, as groups.
-fn decode<B: FileBlock + Sync, G: BlockGroup>(bytes: &[u8], rows: usize) -> Vec<G> {
+fn decode<B: FileBlock + Sync, G: BlockGroup>(bytes: &[u8], rows: usize) -> HugePageArray<G> {
     let blocks: Vec<B> = bytes.chunks_exact(B::BYTES).map(B::read).collect();
     interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
@@ -239,7 +241,7 @@ fn decode_k<B: blocks::IntBlock + Sync, G: BlockGroup>(
     rows: usize,
     size: usize,
     split: fn(&[u8]) -> [B; 8],
-) -> Vec<G> {
+) -> HugePageArray<G> {
     let blocks: Vec<B> = bytes.chunks_exact(size).flat_map(split).collect();
     interleave(&blocks, rows, blocks.len() / rows.max(1))
 }
@@ -641,21 +643,8 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
             p
         })
         .collect();
-    let threads = rayon::current_num_threads().max(1);
-    // Enough tasks to balance the pool, each big enough to amortize its scheduling.
-    let per_task = total_out
-        .div_ceil(threads * 4)
-        .max(W_CHUNK)
-        .next_multiple_of(W_CHUNK);
-    let tasks: Vec<(usize, usize, usize)> = mats
-        .iter()
-        .enumerate()
-        .flat_map(|(m, mat)| {
-            (0..mat.out_features)
-                .step_by(per_task)
-                .map(move |o0| (m, o0, (o0 + per_task).min(mat.out_features)))
-        })
-        .collect();
+    let outs: Vec<usize> = mats.iter().map(|m| m.out_features).collect();
+    let tasks = guided_tasks(&outs, rayon::current_num_threads().max(1));
     let decode_rows = decode_rows.min(rows);
     let x8 = quantize_int8_rows(mats, x, cols, int8);
     // The 16-bit decode rows, unless every matrix takes the 8-bit ones.
@@ -683,6 +672,30 @@ fn matmul_group_with(mats: &[&CpuQMatMul], x: &[f32], decode_rows: usize, int8: 
         super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
     y
+}
+
+/// The tasks of a region over matrices of `outs` output columns: `(matrix, o0, o1)`, ranges
+/// on [`W_CHUNK`] boundaries covering every column once, in shrinking sizes (each half of
+/// what is left per thread, down to one chunk): the first tasks are long, so that
+/// claims are few, and the last are one chunk, so that the threads finish together instead
+/// of one waiting for the other's last big task (~5% of each thread's time at K=1 with
+/// tasks of equal size).
+fn guided_tasks(outs: &[usize], threads: usize) -> Vec<(usize, usize, usize)> {
+    let mut left: usize = outs.iter().sum();
+    let mut tasks = Vec::new();
+    for (m, &out) in outs.iter().enumerate() {
+        let mut o0 = 0;
+        while o0 < out {
+            let size = (left / (2 * threads))
+                .next_multiple_of(W_CHUNK)
+                .max(W_CHUNK);
+            let o1 = (o0 + size).min(out);
+            tasks.push((m, o0, o1));
+            left -= o1 - o0;
+            o0 = o1;
+        }
+    }
+    tasks
 }
 
 /// Every row for [`prompt8::tile`] and [`unpacked8::tile`], with `--int8`, AVX2 and weights
@@ -811,6 +824,38 @@ mod tests {
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Guided tasks cover each matrix's columns once, in order, on chunk boundaries (but at a
+    /// matrix's end), never growing, and end in one-chunk tasks.
+    #[test]
+    fn guided_tasks_cover_every_column_once_and_shrink() {
+        for (outs, threads) in [
+            (vec![2048, 512, 512], 2),
+            (vec![128256], 2),
+            (vec![576], 1),
+            (vec![40, 8, 3000], 4),
+            (vec![0, 16], 2),
+        ] {
+            let tasks = guided_tasks(&outs, threads);
+            let mut next = vec![0; outs.len()];
+            let mut last = usize::MAX;
+            for &(m, o0, o1) in &tasks {
+                assert_eq!(o0, next[m], "{outs:?}: tasks of matrix {m} in order");
+                assert!(o0 < o1 && o1 <= outs[m]);
+                assert!(o1 == outs[m] || (o1 - o0).is_multiple_of(W_CHUNK));
+                if o1 < outs[m] {
+                    assert!(o1 - o0 <= last, "{outs:?}: sizes never grow");
+                    last = o1 - o0;
+                }
+                next[m] = o1;
+            }
+            assert_eq!(next, outs, "every column once");
+            if outs.iter().sum::<usize>() > 64 * threads {
+                let (_, o0, o1) = tasks[tasks.len() - 2];
+                assert_eq!(o1 - o0, W_CHUNK, "{outs:?}: ends in one-chunk tasks");
+            }
+        }
     }
 
     const TYPES: [GgmlDType; 13] = KERNEL_TYPES;
@@ -1040,7 +1085,7 @@ mod tests {
 
         let q4k = data(GgmlDType::Q4K);
         let whole = Q4KGroup::matrix(&q4k, out);
-        let blocks: Vec<Nibbles8<F32Dm>> =
+        let blocks: HugePageArray<Nibbles8<F32Dm>> =
             decode_k(&q4k, out, blocks::Q4_K_BYTES, blocks::q4_k_blocks);
         // 152 bytes per row and super-block (rows padded to 8), the file's 144.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 152);
@@ -1061,16 +1106,17 @@ mod tests {
 
         let q6k = data(GgmlDType::Q6K);
         let whole = Q6KGroup::matrix(&q6k, out);
-        let blocks: Vec<Bytes8<true, F32Split>> = decode_k(&q6k, out, blocks::Q6_K_BYTES, |b| {
-            blocks::split_blocks(blocks::q6_k_parts(b), 32)
-        });
+        let blocks: HugePageArray<Bytes8<true, F32Split>> =
+            decode_k(&q6k, out, blocks::Q6_K_BYTES, |b| {
+                blocks::split_blocks(blocks::q6_k_parts(b), 32)
+            });
         // 212 bytes per row and super-block, the file's 210.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 212);
         same_bits(&whole, &blocks, cols, &x, &x16);
 
         let q5k = data(GgmlDType::Q5K);
         let whole = Q5KGroup::matrix(&q5k, out);
-        let blocks: Vec<Bytes8<false, F32Dm>> =
+        let blocks: HugePageArray<Bytes8<false, F32Dm>> =
             decode_k(&q5k, out, blocks::Q5_K_BYTES, blocks::q5_k_blocks);
         // 184 bytes per row and super-block, the file's 176.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 184);
@@ -1078,9 +1124,10 @@ mod tests {
 
         let q3k = data(GgmlDType::Q3K);
         let whole = Q3KGroup::matrix(&q3k, out);
-        let blocks: Vec<Bytes8<true, F32Split>> = decode_k(&q3k, out, blocks::Q3_K_BYTES, |b| {
-            blocks::split_blocks(blocks::q3_k_parts(b), 4)
-        });
+        let blocks: HugePageArray<Bytes8<true, F32Split>> =
+            decode_k(&q3k, out, blocks::Q3_K_BYTES, |b| {
+                blocks::split_blocks(blocks::q3_k_parts(b), 4)
+            });
         // 116 bytes per row and super-block, the file's 110.
         assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 116);
         same_bits(&whole, &blocks, cols, &x, &x16);
@@ -1111,13 +1158,13 @@ mod tests {
                 .to_vec()
         };
         let q5_0 = data(GgmlDType::Q5_0);
-        let fives: Vec<Fives8<true, F16D>> = decode::<BlockQ5_0, _>(&q5_0, out);
-        let bytes: Vec<Bytes8<true, F16D>> = decode::<BlockQ5_0, _>(&q5_0, out);
+        let fives: HugePageArray<Fives8<true, F16D>> = decode::<BlockQ5_0, _>(&q5_0, out);
+        let bytes: HugePageArray<Bytes8<true, F16D>> = decode::<BlockQ5_0, _>(&q5_0, out);
         assert_eq!(size_of::<Fives8<true, F16D>>(), 192);
         same_bits(&fives, &bytes, cols, &x, &x16);
         let q5_1 = data(GgmlDType::Q5_1);
-        let fives: Vec<Fives8<false, F16Dm>> = decode::<BlockQ5_1, _>(&q5_1, out);
-        let bytes: Vec<Bytes8<false, F16Dm>> = decode::<BlockQ5_1, _>(&q5_1, out);
+        let fives: HugePageArray<Fives8<false, F16Dm>> = decode::<BlockQ5_1, _>(&q5_1, out);
+        let bytes: HugePageArray<Bytes8<false, F16Dm>> = decode::<BlockQ5_1, _>(&q5_1, out);
         assert_eq!(size_of::<Fives8<false, F16Dm>>(), 192);
         same_bits(&fives, &bytes, cols, &x, &x16);
     }

@@ -10,6 +10,7 @@ use super::groups::{
     bit_at, field, nibble_of, set_bit_row, set_nibble_row, BlockBits, F32Dm, F32Split, F32SplitDm,
     Group, Q5Bits, ROWS,
 };
+use crate::model::huge_pages::HugePageArray;
 
 /// A block's 4-bit weights laid out as [`Nibbles8`](super::groups::Nibbles8) lays them out.
 #[repr(C, align(32))]
@@ -152,7 +153,7 @@ impl<B: BlockBits> MinGroup<B> {
         rows: usize,
         size: usize,
         parts: fn(&[u8]) -> MinParts,
-    ) -> Vec<Self> {
+    ) -> HugePageArray<Self> {
         super_block_groups(bytes, rows, size, |group: &mut Self, j, b| {
             let parts = parts(b);
             group.d[j] = parts.d;
@@ -167,14 +168,14 @@ impl<B: BlockBits> MinGroup<B> {
 
 impl Q4KGroup {
     /// A matrix of `rows` rows of Q4_K super-blocks (`bytes`, row-major) as groups.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+    pub fn matrix(bytes: &[u8], rows: usize) -> HugePageArray<Self> {
         Self::from_parts(bytes, rows, blocks::Q4_K_BYTES, blocks::q4_k_parts)
     }
 }
 
 impl Q5KGroup {
     /// A matrix of `rows` rows of Q5_K super-blocks (`bytes`, row-major) as groups.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+    pub fn matrix(bytes: &[u8], rows: usize) -> HugePageArray<Self> {
         Self::from_parts(bytes, rows, blocks::Q5_K_BYTES, blocks::q5_k_parts)
     }
 }
@@ -222,7 +223,7 @@ impl<B: BlockBits> SplitGroup<B> {
         rows: usize,
         size: usize,
         parts: fn(&[u8]) -> SplitParts,
-    ) -> Vec<Self> {
+    ) -> HugePageArray<Self> {
         super_block_groups(bytes, rows, size, |group: &mut Self, j, b| {
             let parts = parts(b);
             group.d[j] = parts.d;
@@ -238,14 +239,14 @@ impl<B: BlockBits> SplitGroup<B> {
 
 impl Q3KGroup {
     /// A matrix of `rows` rows of Q3_K super-blocks (`bytes`, row-major) as groups.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+    pub fn matrix(bytes: &[u8], rows: usize) -> HugePageArray<Self> {
         Self::from_parts(bytes, rows, blocks::Q3_K_BYTES, blocks::q3_k_parts)
     }
 }
 
 impl Q6KGroup {
     /// A matrix of `rows` rows of Q6_K super-blocks (`bytes`, row-major) as groups.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+    pub fn matrix(bytes: &[u8], rows: usize) -> HugePageArray<Self> {
         Self::from_parts(bytes, rows, blocks::Q6_K_BYTES, blocks::q6_k_parts)
     }
 }
@@ -294,7 +295,7 @@ impl Group for Q2KGroup {
 impl Q2KGroup {
     /// A matrix of `rows` rows of Q2_K super-blocks (`bytes`, row-major) as
     /// `ceil(rows / 8) × (super-blocks per row)` groups, group rows in parallel.
-    pub fn matrix(bytes: &[u8], rows: usize) -> Vec<Self> {
+    pub fn matrix(bytes: &[u8], rows: usize) -> HugePageArray<Self> {
         use super::blocks::{q2_k_parts, Q2_K_BYTES};
         super_block_groups(bytes, rows, Q2_K_BYTES, |group: &mut Self, j, b| {
             let parts = q2_k_parts(b);
@@ -318,10 +319,10 @@ fn super_block_groups<G: Group>(
     rows: usize,
     size: usize,
     set: impl Fn(&mut G, usize, &[u8]) + Sync,
-) -> Vec<G> {
+) -> HugePageArray<G> {
     use rayon::prelude::*;
     let per_row = bytes.len() / size / rows.max(1);
-    let mut groups = vec![G::ZERO; rows.div_ceil(ROWS) * per_row];
+    let mut groups = HugePageArray::filled(rows.div_ceil(ROWS) * per_row, G::ZERO);
     if per_row == 0 {
         return groups;
     }
