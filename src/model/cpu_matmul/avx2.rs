@@ -680,6 +680,7 @@ pub fn vnni_available() -> bool {
             available()
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni")
                 && std::env::var("DOCANALYZE_VNNI").map_or(true, |v| v != "0")
         })

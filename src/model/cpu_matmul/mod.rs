@@ -28,6 +28,8 @@ mod floats;
 mod gemm;
 mod groups;
 #[cfg(target_arch = "x86_64")]
+mod pairs8;
+#[cfg(target_arch = "x86_64")]
 mod prompt8;
 mod super_blocks;
 #[cfg(target_arch = "x86_64")]
@@ -447,7 +449,8 @@ impl CpuQMatMul {
     ) {
         // The scale vectors of the chunk of weights the tiles pass, once per chunk when
         // many tiles pass it (a pass of their own over the chunk costs more than computing
-        // them again for a few).
+        // them again for a few). Those many (prompt) rows take two groups at a time with
+        // VNNI ([`pairs8`]).
         let mut scales = Vec::new();
         let several = x8.len() > 4 * MAX_TILE;
         let vnni = avx2::vnni_available();
@@ -462,7 +465,7 @@ impl CpuQMatMul {
             unsafe {
                 match (several, vnni) {
                     (true, true) => with_tile_rows!(wide t, T =>
-                        prompt8::tile_vnni::<G, T, true>(groups, scales, x8, r0, out)),
+                        pairs8::tile::<G, T, true>(groups, scales, x8, r0, out)),
                     (false, true) => with_tile_rows!(wide t, T =>
                         prompt8::tile_vnni::<G, T, false>(groups, scales, x8, r0, out)),
                     (true, false) => with_tile_rows!(t, T =>
@@ -1259,22 +1262,32 @@ mod tests {
             match &*k.packed {
                 Packed::Q4(w) => {
                     let groups = w.len() / (cols / QK);
-                    check(
-                        format!("{dtype:?} 8-bit tile"),
-                        groups,
-                        |t, vnni, r0, out| {
-                            // SAFETY: as above; x8 holds 8 rows.
-                            unsafe {
-                                if vnni {
-                                    with_tile_rows!(wide t, T =>
-                                    prompt8::tile_vnni::<_, T, false>(w, &[], &x8, r0, out))
-                                } else {
-                                    with_tile_rows!(t, T =>
-                                    prompt8::tile::<_, T, false>(w, &[], &x8, r0, out))
+                    let mut scales = Vec::new();
+                    // SAFETY: as above.
+                    unsafe { prompt8::scale_vectors(w, &mut scales) };
+                    // The VNNI tiles of one and of two groups at a time ([`pairs8`]), the
+                    // scales computed on the way or given.
+                    for kind in ["one group", "pairs", "pairs, scales given"] {
+                        check(
+                            format!("{dtype:?} 8-bit tile, {kind}"),
+                            groups,
+                            |t, vnni, r0, out| {
+                                // SAFETY: as above; x8 holds 8 rows.
+                                unsafe {
+                                    match (vnni, kind) {
+                                        (false, _) => with_tile_rows!(t, T =>
+                                            prompt8::tile::<_, T, false>(w, &[], &x8, r0, out)),
+                                        (true, "one group") => with_tile_rows!(wide t, T =>
+                                            prompt8::tile_vnni::<_, T, false>(w, &[], &x8, r0, out)),
+                                        (true, "pairs") => with_tile_rows!(wide t, T =>
+                                            pairs8::tile::<_, T, false>(w, &[], &x8, r0, out)),
+                                        (true, _) => with_tile_rows!(wide t, T =>
+                                            pairs8::tile::<_, T, true>(w, &scales, &x8, r0, out)),
+                                    }
                                 }
-                            }
-                        },
-                    );
+                            },
+                        );
+                    }
                 }
                 Packed::Q4K(w) => {
                     let groups = w.len() / (cols / QK_K);
