@@ -390,8 +390,8 @@ impl<B: Avx2Bits> Avx2Group for MinGroup<B> {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
-        let d = _mm256_mul_ps(_mm256_load_ps(self.d.as_ptr()), u8x8(&self.sc[sub]));
-        let m = _mm256_mul_ps(_mm256_load_ps(self.neg_dmin.as_ptr()), u8x8(&self.m[sub]));
+        let d = _mm256_mul_ps(f16x8(&self.d), u8x8(&self.sc[sub]));
+        let m = _mm256_mul_ps(f16x8(&self.neg_dmin), u8x8(&self.m[sub]));
         [d, d, m, m]
     }
 }

@@ -341,10 +341,10 @@ pub const SPAN_K: usize = 8;
 /// speed on the same weights (one 2048 × 8192 matrix, 1 to 64 rows, 1 and 2 threads).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `x` holds rows `r0..r0 + T`, quantized with
+/// The CPU must support AVX2, FMA and F16C; `x` holds rows `r0..r0 + T`, quantized with
 /// `span == SPAN_K`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, out: &mut [f32]) {
     tile_k_with::<T, false>(groups, x, r0, out)
 }
@@ -355,7 +355,7 @@ pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, 
 /// # Safety
 /// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`](super::avx2::vnni_available)).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn tile_k_vnni<const T: usize>(
     groups: &[Q4KGroup],
     x: &Rows8,
@@ -412,7 +412,7 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
                     }
                 }
             }
-            let dw = _mm256_load_ps(group.d.as_ptr());
+            let dw = _mm256_cvtph_ps(_mm_load_si128(group.d.as_ptr() as *const __m128i));
             for (t, acc) in acc.iter_mut().enumerate() {
                 let da = _mm256_set1_ps(*d.add(t * nb + i * SPAN_K));
                 let ints = _mm256_cvtepi32_ps(ints[t]);
@@ -430,7 +430,8 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
                     *mins = _mm256_add_epi32(*mins, _mm256_madd_epi16(m, sums));
                 }
             }
-            let neg_dmin = _mm256_load_ps(group.neg_dmin.as_ptr());
+            let neg_dmin =
+                _mm256_cvtph_ps(_mm_load_si128(group.neg_dmin.as_ptr() as *const __m128i));
             for (t, acc) in acc.iter_mut().enumerate() {
                 let da = _mm256_set1_ps(*d.add(t * nb + i * SPAN_K));
                 let mins = _mm256_cvtepi32_ps(mins[t]);
