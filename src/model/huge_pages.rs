@@ -3,8 +3,10 @@
 //! With 4 KiB pages a pass over a 1B model's ~600 MB touches ~150,000 pages, each a TLB miss
 //! and a stop for the hardware prefetcher, which does not cross a page. Linux backs a mapping
 //! with 2 MiB pages when it is marked `MADV_HUGEPAGE` before it is touched (transparent huge
-//! pages; most distributions enable them only for marked mappings). Measured here on a 1B
-//! Q4_K file, 2 threads: decode 35-43 → 50 tok/s.
+//! pages; most distributions enable them only for marked mappings, as this machine does).
+//! Measured here on a 1B Q4_K file with `--int8`, 2 threads, one sequence decoding,
+//! interleaved runs: median 38.8 → 41.5 tok/s (45.5 → 54.5 with the guided task sizes of
+//! the matmul regions that came with it).
 //!
 //! Elsewhere, or where the kernel refuses the mapping, the array lives on the heap.
 
