@@ -691,17 +691,27 @@ pub fn vnni_available() -> bool {
     }
 }
 
-/// In a VNNI tile of 3+ rows, asks for the bytes [`PREFETCH_BYTES`] after `group` in memory
-/// (the weights the tile reads next), as many as a group holds, so that they arrive while this
-/// one is multiplied. Tiles of 1-2 rows leave it to the hardware: there it made decode slower.
+/// In a VNNI tile of 3+ rows, asks for part `part` of `parts` of the bytes [`PREFETCH_BYTES`]
+/// after `group` in memory (the weights the tile reads next), so that they arrive while this
+/// one is multiplied: the whole group for small groups, one block's share at a time for the
+/// 8-row Q4_K tile ([`super::prompt8::tile_k_vnni`]), where asking for a whole group (19
+/// lines) at once left 8 decode rows streaming a Q4_K matrix from memory at 133 GMAC/s and one
+/// block's share at 176 (2 threads, medians of 5). Tiles of 1-2 rows leave it to the
+/// hardware: there it made decode slower.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub unsafe fn prefetch_for_tile<const VNNI: bool, const T: usize, G>(group: &G) {
+pub unsafe fn prefetch_for_tile<const VNNI: bool, const T: usize, G>(
+    group: &G,
+    part: usize,
+    parts: usize,
+) {
     if !(VNNI && T > 2) {
         return;
     }
     let ahead = (group as *const G as *const i8).wrapping_add(PREFETCH_BYTES);
-    for line in (0..std::mem::size_of::<G>()).step_by(64) {
+    let size = std::mem::size_of::<G>();
+    let (from, to) = (part * size / parts, (part + 1) * size / parts);
+    for line in (from / 64 * 64..to).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
     }
 }

@@ -499,13 +499,13 @@ impl CpuQMatMul {
         range: (usize, usize),
     ) {
         let vnni = avx2::vnni_available();
-        let tile = |groups: &[Q4KGroup], r0: usize, t: usize, _: bool, out: &mut [f32]| {
+        let tile = |groups: &[Q4KGroup], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
             // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K); VNNI was
             // detected where it is used.
             if vnni {
                 with_tile_rows!(wide t, T => unsafe {
-                    prompt8::tile_k_vnni::<T>(groups, x8, r0, out)
+                    prompt8::tile_k_vnni::<T>(groups, x8, r0, out, first)
                 })
             } else {
                 with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out) })
@@ -1299,7 +1299,7 @@ mod tests {
                             unsafe {
                                 if vnni {
                                     with_tile_rows!(wide t, T =>
-                                    prompt8::tile_k_vnni::<T>(w, &x8, r0, out))
+                                    prompt8::tile_k_vnni::<T>(w, &x8, r0, out, true))
                                 } else {
                                     with_tile_rows!(t, T => prompt8::tile_k::<T>(w, &x8, r0, out))
                                 }

@@ -297,7 +297,7 @@ unsafe fn tile_with<G: Avx2Nibbles, const T: usize, const CACHED: bool, const VN
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
+            super::avx2::prefetch_for_tile::<VNNI, T, _>(group, 0, 1);
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
                 let q = q.add(b * QK);
@@ -346,11 +346,14 @@ pub const SPAN_K: usize = 8;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, out: &mut [f32]) {
-    tile_k_with::<T, false>(groups, x, r0, out)
+    tile_k_with::<T, false>(groups, x, r0, out, false)
 }
 
 /// [`tile_k`] with AVX-512 VNNI: each block's 32-bit sums ([`nibble_dots`]) times the 6-bit
-/// scales (`vpmulld`) — the same integers, so the same bits.
+/// scales (`vpmulld`) — the same integers, so the same bits. With `prefetch` (the first tile
+/// to meet these weights, which come from memory) it asks for the weights ahead
+/// ([`prefetch_for_tile`](super::avx2::prefetch_for_tile)); the tiles after it find them in
+/// cache, and prefetching there made prefill 7% slower.
 ///
 /// # Safety
 /// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`](super::avx2::vnni_available)).
@@ -361,8 +364,9 @@ pub unsafe fn tile_k_vnni<const T: usize>(
     x: &Rows8,
     r0: usize,
     out: &mut [f32],
+    prefetch: bool,
 ) {
-    tile_k_with::<T, true>(groups, x, r0, out)
+    tile_k_with::<T, true>(groups, x, r0, out, prefetch)
 }
 
 /// The body of [`tile_k`] (`VNNI` false) and [`tile_k_vnni`], inlined into each.
@@ -373,6 +377,7 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
     x: &Rows8,
     r0: usize,
     out: &mut [f32],
+    prefetch: bool,
 ) {
     let cols = x.cols;
     let nb = cols / QK;
@@ -391,9 +396,11 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
             let mut ints = [_mm256_setzero_si256(); T];
             for sub in 0..SPAN_K {
+                if prefetch {
+                    super::avx2::prefetch_for_tile::<VNNI, T, _>(group, sub, SPAN_K);
+                }
                 let b = i * SPAN_K + sub;
                 let q = q.add(b * QK);
                 if VNNI {
