@@ -465,7 +465,7 @@ impl CpuQMatMul {
             unsafe {
                 match (several, vnni) {
                     (true, true) => with_tile_rows!(wide t, T =>
-                        pairs8::tile::<G, T, true>(groups, scales, x8, r0, out)),
+                        pairs8::tile::<G, T>(groups, scales, x8, r0, out)),
                     (false, true) => with_tile_rows!(wide t, T =>
                         prompt8::tile_vnni::<G, T, false>(groups, scales, x8, r0, out)),
                     (true, false) => with_tile_rows!(t, T =>
@@ -1265,9 +1265,9 @@ mod tests {
                     let mut scales = Vec::new();
                     // SAFETY: as above.
                     unsafe { prompt8::scale_vectors(w, &mut scales) };
-                    // The VNNI tiles of one and of two groups at a time ([`pairs8`]), the
-                    // scales computed on the way or given.
-                    for kind in ["one group", "pairs", "pairs, scales given"] {
+                    // The VNNI tiles of one and of two groups at a time ([`pairs8`], which
+                    // takes the scales given).
+                    for kind in ["one group", "pairs"] {
                         check(
                             format!("{dtype:?} 8-bit tile, {kind}"),
                             groups,
@@ -1279,10 +1279,8 @@ mod tests {
                                             prompt8::tile::<_, T, false>(w, &[], &x8, r0, out)),
                                         (true, "one group") => with_tile_rows!(wide t, T =>
                                             prompt8::tile_vnni::<_, T, false>(w, &[], &x8, r0, out)),
-                                        (true, "pairs") => with_tile_rows!(wide t, T =>
-                                            pairs8::tile::<_, T, false>(w, &[], &x8, r0, out)),
                                         (true, _) => with_tile_rows!(wide t, T =>
-                                            pairs8::tile::<_, T, true>(w, &scales, &x8, r0, out)),
+                                            pairs8::tile::<_, T>(w, &scales, &x8, r0, out)),
                                     }
                                 }
                             },

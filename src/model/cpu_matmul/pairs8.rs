@@ -80,14 +80,15 @@ unsafe fn nibble_dots<G: Avx2Nibbles, const T: usize>(
     dots
 }
 
-/// [`prompt8::tile_vnni`] (same arguments, same bits), group rows in pairs.
+/// [`prompt8::tile_vnni`] with its scales given (`CACHED`: the prompt rows' case), group rows
+/// in pairs; the same bits.
 ///
 /// # Safety
 /// As [`prompt8::tile_vnni`], and the CPU must support AVX-512 BW
 /// ([`vnni_available`](super::avx2::vnni_available)).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
+pub unsafe fn tile<G: Avx2Nibbles, const T: usize>(
     groups: &[G],
     scales: &[[__m256; 2]],
     x: &Rows8,
@@ -99,7 +100,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
     let per_row = nb / G::SUBS;
     let group_rows = groups.len() / per_row;
     debug_assert!(r0 + T <= x.len() && groups.len().is_multiple_of(per_row));
-    debug_assert!(out.len() >= group_rows * T * 8);
+    debug_assert!(out.len() >= group_rows * T * 8 && scales.len() == groups.len() * G::SUBS);
     let q = x.q.as_ptr().add(r0 * cols);
     let d = x.d.as_ptr().add(r0 * nb);
     let sum = x.sum.as_ptr().add(r0 * nb);
@@ -112,14 +113,8 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
             for sub in 0..G::SUBS {
                 let blk = i * G::SUBS + sub;
                 let dots = nibble_dots::<G, T>(a, b, sub, q.add(blk * QK), cols);
-                let ([dw_a, m_a], [dw_b, m_b]) = if CACHED {
-                    let at = |g: usize| *scales.get_unchecked((g * per_row + i) * G::SUBS + sub);
-                    (at(g), at(g + 1))
-                } else {
-                    let ([da, _, ma, _], [db, _, mb, _]) =
-                        (a.scale_vectors(sub), b.scale_vectors(sub));
-                    ([da, ma], [db, mb])
-                };
+                let at = |g: usize| *scales.get_unchecked((g * per_row + i) * G::SUBS + sub);
+                let ([dw_a, m_a], [dw_b, m_b]) = (at(g), at(g + 1));
                 let (dw, m) = (join_ps(dw_a, dw_b), join_ps(m_a, m_b));
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let ints = _mm512_cvtepi32_ps(dots[t]);
@@ -136,8 +131,7 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
     }
     if group_rows % 2 == 1 {
         let g = group_rows - 1;
-        let scales = if CACHED { &scales[g * nb..] } else { &[] };
         let out = &mut out[g * T * 8..];
-        prompt8::tile_vnni::<G, T, CACHED>(&groups[g * per_row..], scales, x, r0, out);
+        prompt8::tile_vnni::<G, T, true>(&groups[g * per_row..], &scales[g * nb..], x, r0, out);
     }
 }

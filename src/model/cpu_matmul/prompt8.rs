@@ -13,10 +13,11 @@
 //! product is one broadcast of four bytes. A row's result depends only on its own values, so
 //! it is the same in every batch.
 //!
-//! Where the CPU has AVX-512 VNNI (with VL: [`vnni_available`](super::avx2::vnni_available)), `vpdpbusd` adds four products
-//! straight into 32-bit lanes ([`nibble_dots`]): the same integers with fewer instructions, so
-//! the same bits; its 32 registers hold tiles of up to 8 rows (weights unpacked once for 8
-//! decode rows), and the weights a tile reads next are prefetched.
+//! Where the CPU has AVX-512 VNNI (with VL: [`vnni_available`](super::avx2::vnni_available)),
+//! `vpdpbusd` adds four products straight into 32-bit lanes ([`nibble_dots`]): the same
+//! integers with fewer instructions, so the same bits; its 32 registers hold tiles of up to 8
+//! rows (weights unpacked once for 8 decode rows), and the weights a tile reads next are
+//! prefetched.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -260,7 +261,8 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
 /// [`tile`] with AVX-512 VNNI ([`nibble_dots`]): the same integers, so the same bits.
 ///
 /// # Safety
-/// As [`tile`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`](super::avx2::vnni_available)).
+/// As [`tile`], and the CPU must support AVX-512 VL and VNNI
+/// ([`vnni_available`](super::avx2::vnni_available)).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn tile_vnni<G: Avx2Nibbles, const T: usize, const CACHED: bool>(
@@ -356,7 +358,8 @@ pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, 
 /// cache, and prefetching there made prefill 7% slower.
 ///
 /// # Safety
-/// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI ([`vnni_available`](super::avx2::vnni_available)).
+/// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI
+/// ([`vnni_available`](super::avx2::vnni_available)).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn tile_k_vnni<const T: usize>(
