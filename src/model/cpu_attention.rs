@@ -362,3 +362,86 @@ mod avx2 {
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX2 kernel's arithmetic, one value at a time: each score is two FMA chains per
+    /// lane (even and odd chunks of eight), the lanes summed as `hsum` does, times the scale;
+    /// e^(score − max) summed in order; each output column one FMA chain over the keys.
+    fn lane_model(q: &[f32], view: &HeadView<'_>, scale: f32) -> Vec<f32> {
+        let hd = q.len();
+        let row = |src: &[f16], j: usize| -> Vec<f32> {
+            let at = view.offset + j * view.stride;
+            src[at..at + hd].iter().map(|v| v.to_f32()).collect()
+        };
+        let scores: Vec<f32> = (view.start..view.end)
+            .map(|j| {
+                let k = row(view.keys, j);
+                let lane = |l: usize| {
+                    let (mut even, mut odd) = (0f32, 0f32);
+                    for c in (0..hd / 8).step_by(2) {
+                        even = q[8 * c + l].mul_add(k[8 * c + l], even);
+                        odd = q[8 * c + 8 + l].mul_add(k[8 * c + 8 + l], odd);
+                    }
+                    even + odd
+                };
+                let s: Vec<f32> = (0..4).map(|l| lane(l) + lane(l + 4)).collect();
+                ((s[0] + s[2]) + (s[1] + s[3])) * scale
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = scores
+            .iter()
+            .map(|s| super::super::causal_softmax::exp(s - max))
+            .collect();
+        let sum = weights.iter().fold(0f32, |a, w| a + w);
+        let mut out = vec![max, sum];
+        out.extend((0..hd).map(|c| {
+            (view.start..view.end)
+                .zip(&weights)
+                .fold(0f32, |acc, (j, w)| w.mul_add(row(view.values, j)[c], acc))
+        }));
+        out
+    }
+
+    #[test]
+    fn avx2_attention_is_its_lane_model_bit_for_bit() {
+        if !crate::model::cpu_matmul::avx2_available() {
+            return;
+        }
+        let mut seed = 7u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+        };
+        for (hd, heads, n_kv) in [(64, 4, 2), (128, 3, 1), (256, 1, 2), (64, 7, 1)] {
+            let stride = n_kv * hd;
+            let ctx = 300;
+            let keys: Vec<f16> = (0..ctx * stride).map(|_| f16::from_f32(random())).collect();
+            let values: Vec<f16> = (0..ctx * stride).map(|_| f16::from_f32(random())).collect();
+            let q: Vec<f32> = (0..heads * hd).map(|_| random()).collect();
+            for (start, end) in [(0, 1), (0, 7), (3, 11), (0, 8), (5, 22), (40, 296)] {
+                let view = HeadView {
+                    keys: &keys,
+                    values: &values,
+                    offset: (n_kv - 1) * hd,
+                    stride,
+                    start,
+                    end,
+                };
+                let mut out = vec![0f32; heads * (PARTIAL_HEAD + hd)];
+                attend_group(&q, hd, &view, 0.125, &mut Vec::new(), &mut out);
+                for (h, got) in out.chunks_exact(PARTIAL_HEAD + hd).enumerate() {
+                    let want = lane_model(&q[h * hd..(h + 1) * hd], &view, 0.125);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "hd {hd}, head {h} of {heads}, keys {start}..{end}");
+                }
+            }
+        }
+    }
+}
