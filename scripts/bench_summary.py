@@ -50,7 +50,8 @@ print(f"|{'-'*12}|{'-'*12}|{'-'*11}|{'-'*8}|{'-'*8}|{'-'*13}|{'-'*18}|")
 for k in keys:
     a, b = med(ours, k), med(theirs, k)
     ratio = f"{a / b:.2f}x" if a and b else "-"
-    per_run = f"{paired(k):.2f}x" if paired(k) else "-"
+    p = paired(k)
+    per_run = f"{p:.2f}x" if p else "-"
     own = f"{a / med(ours, 'B=1'):.2f}x" if k.startswith("B=") and a and med(ours, "B=1") else ""
     peer = f"{b / med(theirs, 'B=1'):.2f}x" if k.startswith("B=") and b and med(theirs, "B=1") else ""
     name = k if not k.startswith("B=") else f"S_TG {k}"

@@ -397,11 +397,15 @@ mod tests {
             .map(|s| super::super::causal_softmax::exp(s - max))
             .collect();
         let sum = weights.iter().fold(0f32, |a, w| a + w);
+        let values: Vec<Vec<f32>> = (view.start..view.end)
+            .map(|j| row(view.values, j))
+            .collect();
         let mut out = vec![max, sum];
         out.extend((0..hd).map(|c| {
-            (view.start..view.end)
+            values
+                .iter()
                 .zip(&weights)
-                .fold(0f32, |acc, (j, w)| w.mul_add(row(view.values, j)[c], acc))
+                .fold(0f32, |acc, (v, w)| w.mul_add(v[c], acc))
         }));
         out
     }
