@@ -13,7 +13,9 @@ use super::groups::{
     BlockBits, Bytes8, F16Dm, F32Dm, F32Split, Fives8, Group, Nibbles8, Q5Bits, Scales, F16D,
 };
 #[cfg(target_arch = "x86_64")]
-use super::super_blocks::{MinGroup, Q2KGroup, Q3Bits, Q4Bits, Q4KGroup, Q6Bits, SplitGroup};
+use super::super_blocks::{
+    MinGroup, Q2KGroup, Q3Bits, Q4Bits, Q4KGroup, Q6Bits, SixBitScales, SplitGroup,
+};
 
 /// Registers per group: weights `2r, 2r + 1` of the 8 rows for `r` in `0..REGS`.
 pub const REGS: usize = 16;
@@ -45,6 +47,19 @@ pub trait Avx2Group: Group {
     /// # Safety
     /// The CPU must support AVX2 and F16C; `sub < SUBS`.
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4];
+
+    /// [`Self::scale_vectors`] of every block, into the first `SUBS` of `scales` (one call
+    /// where the scales of all blocks unpack together).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn all_scale_vectors(&self, scales: &mut [[__m256; 4]; 8]) {
+        for (sub, s) in scales.iter_mut().enumerate().take(Self::SUBS) {
+            *s = self.scale_vectors(sub);
+        }
+    }
 
     /// Block `sub`'s scales as small integers times one factor per row, where the group has
     /// them (the K-quants with a scale per 16 weights): the scale of weights 0..16 of row `j`
@@ -183,9 +198,7 @@ unsafe fn nibble_registers(v: __m256i) -> [__m256i; 4] {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub unsafe fn block_scales<G: Avx2Group>(group: &G, scales: &mut [[__m256; 4]; 8]) {
-    for (sub, s) in scales.iter_mut().enumerate().take(G::SUBS) {
-        *s = group.scale_vectors(sub);
-    }
+    group.all_scale_vectors(scales);
 }
 
 // (Intrinsics are kept out of closures in the target-feature functions here: closures only
@@ -390,9 +403,23 @@ impl<B: Avx2Bits> Avx2Group for MinGroup<B> {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4] {
-        let d = _mm256_mul_ps(f16x8(&self.d), u8x8(&self.sc[sub]));
-        let m = _mm256_mul_ps(f16x8(&self.neg_dmin), u8x8(&self.m[sub]));
+        let (sc, m) = self.scales.block(sub);
+        let d = _mm256_mul_ps(f16x8(&self.d), u8x8(&sc));
+        let m = _mm256_mul_ps(f16x8(&self.neg_dmin), u8x8(&m));
         [d, d, m, m]
+    }
+
+    /// Every block's, the 6-bit scales and mins unpacked together ([`six_bit_scales`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn all_scale_vectors(&self, scales: &mut [[__m256; 4]; 8]) {
+        let (sc, m) = six_bit_scales(&self.scales);
+        let (d, neg_dmin) = (f16x8(&self.d), f16x8(&self.neg_dmin));
+        for ((s, sc), m) in scales.iter_mut().zip(&sc).zip(&m) {
+            let d = _mm256_mul_ps(d, u8x8(sc));
+            let m = _mm256_mul_ps(neg_dmin, u8x8(m));
+            *s = [d, d, m, m];
+        }
     }
 }
 
@@ -719,6 +746,44 @@ pub unsafe fn prefetch_for_tile<const VNNI: bool, const T: usize, G>(
 /// How far ahead [`prefetch_for_tile`] reads: about four Q4_K groups.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 4096;
+
+/// Every block's 8 scales and 8 mins ([`SixBitScales::block`] of blocks 0..8), as
+/// `([block][row] scales, [block][row] mins)`: the low nibbles masked or shifted down, the high
+/// 2 bits shifted up to bits 4-5 (16-bit shifts: what crosses a byte is masked off).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub unsafe fn six_bit_scales(s: &SixBitScales) -> ([[u8; 8]; 8], [[u8; 8]; 8]) {
+    let low = s.low.as_ptr() as *const __m256i;
+    let (low0, low1) = (_mm256_loadu_si256(low), _mm256_loadu_si256(low.add(1)));
+    let high = _mm256_loadu_si256(s.high.as_ptr() as *const __m256i);
+    let sc = [
+        join_six_bits(low0, _mm256_slli_epi16::<4>(high)),
+        join_six_bits(low1, _mm256_slli_epi16::<2>(high)),
+    ];
+    let m = [
+        join_six_bits(_mm256_srli_epi16::<4>(low0), high),
+        join_six_bits(_mm256_srli_epi16::<4>(low1), _mm256_srli_epi16::<2>(high)),
+    ];
+    type Blocks = [[u8; 8]; 8];
+    // SAFETY: two 32-byte vectors are 64 bytes, as [[u8; 8]; 8] is.
+    let blocks = |v| std::mem::transmute::<[__m256i; 2], Blocks>(v);
+    (blocks(sc), blocks(m))
+}
+
+/// Bytes of `low`'s low 4 bits and `high`'s bits 4-5: 6-bit values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn join_six_bits(low: __m256i, high: __m256i) -> __m256i {
+    _mm256_or_si256(
+        _mm256_and_si256(low, _mm256_set1_epi8(0x0F)),
+        _mm256_and_si256(high, _mm256_set1_epi8(0x30)),
+    )
+}
 
 /// Whether this CPU has AVX2, FMA and F16C (every AVX2 CPU so far): the kernels of this file,
 /// and the f16 K/V loads of decode attention (checked once).

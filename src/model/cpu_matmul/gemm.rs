@@ -138,9 +138,10 @@ pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], per_row: usize, panel
     let p = panel.as_mut_ptr();
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         for (i, group) in row.iter().enumerate() {
-            for sub in 0..G::SUBS {
+            let mut scales = [[_mm256_setzero_ps(); 4]; 8];
+            group.all_scale_vectors(&mut scales);
+            for (sub, &[d_lo, d_hi, m_lo, m_hi]) in scales.iter().enumerate().take(G::SUBS) {
                 let b = i * G::SUBS + sub;
-                let [d_lo, d_hi, m_lo, m_hi] = group.scale_vectors(sub);
                 for l in 0..REGS / G::PER_LOAD {
                     let regs = group.registers(sub, l);
                     for (s, &w) in regs.iter().enumerate().take(G::PER_LOAD) {

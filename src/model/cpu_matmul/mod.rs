@@ -1061,11 +1061,12 @@ mod tests {
         }
     }
 
-    /// Q3_K … Q6_K held whole per super-block, their scales as bytes ([`Q3KGroup`],
-    /// [`Q4KGroup`], [`Q5KGroup`], [`Q6KGroup`]), give the same bits in every kernel as their
-    /// blocks with the scales multiplied out in f32 (their form before: 2.9×, 1.33×, 1.8× and
-    /// 1.52× the file's bytes instead of 1.05×, 1.03×, 1.02× and 1.01×); Q2_K (no form before)
-    /// is held at 1.05×.
+    /// Q3_K … Q6_K held whole per super-block ([`Q3KGroup`], [`Q4KGroup`], [`Q5KGroup`],
+    /// [`Q6KGroup`]; Q4_K's and Q5_K's 6-bit scales and mins packed as the file packs them,
+    /// the others' scales as bytes) give the same bits in every kernel as their blocks with
+    /// the scales multiplied out in f32 (their form before: 2.9×, 1.33×, 1.8× and 1.52× the
+    /// file's bytes instead of 1.05×, 1.0×, 1.0× and 1.01×); Q2_K (no form before) is held at
+    /// 1.05×.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn whole_super_blocks_equal_their_blocks_with_f32_scales() {
@@ -1090,8 +1091,8 @@ mod tests {
         let whole = Q4KGroup::matrix(&q4k, out);
         let blocks: HugePageArray<Nibbles8<F32Dm>> =
             decode_k(&q4k, out, blocks::Q4_K_BYTES, blocks::q4_k_blocks);
-        // 148 bytes per row and super-block (rows padded to 8), the file's 144.
-        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 148);
+        // The file's 144 bytes per row and super-block (rows padded to 8).
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 144);
         assert_eq!(q4k.len(), out * cols / QK_K * blocks::Q4_K_BYTES);
         same_bits(&whole, &blocks, cols, &x, &x16);
         for t in 1..=MAX_TILE {
@@ -1121,8 +1122,8 @@ mod tests {
         let whole = Q5KGroup::matrix(&q5k, out);
         let blocks: HugePageArray<Bytes8<false, F32Dm>> =
             decode_k(&q5k, out, blocks::Q5_K_BYTES, blocks::q5_k_blocks);
-        // 180 bytes per row and super-block, the file's 176.
-        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 180);
+        // The file's 176 bytes per row and super-block.
+        assert_eq!(size_of_val(&whole[..]), padded * cols / QK_K * 176);
         same_bits(&whole, &blocks, cols, &x, &x16);
 
         let q3k = data(GgmlDType::Q3K);

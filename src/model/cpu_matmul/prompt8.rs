@@ -400,21 +400,21 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
             let mut ints = [_mm256_setzero_si256(); T];
-            for sub in 0..SPAN_K {
+            let (scales, mins_of) = super::avx2::six_bit_scales(&group.scales);
+            for (sub, sc) in scales.iter().enumerate() {
                 if prefetch {
                     super::avx2::prefetch_for_tile::<VNNI, T, _>(group, sub, SPAN_K);
                 }
                 let b = i * SPAN_K + sub;
                 let q = q.add(b * QK);
                 if VNNI {
-                    let sc = group.sc[sub].as_ptr() as *const __m128i;
-                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc));
+                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
                     let dots = nibble_dots::<Q4KGroup, T>(group, sub, q, cols);
                     for t in 0..T {
                         ints[t] = _mm256_add_epi32(ints[t], _mm256_mullo_epi32(dots[t], sc));
                     }
                 } else {
-                    let bytes = (group.sc[sub].as_ptr() as *const i64).read_unaligned();
+                    let bytes = i64::from_le_bytes(*sc);
                     let sc = _mm256_shuffle_epi8(_mm256_set1_epi64x(bytes), spread);
                     let pairs = nibble_pairs::<Q4KGroup, T>(group, sub, q, cols);
                     for t in 0..T {
@@ -432,8 +432,8 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
             // of `m` holds row j's mins of blocks 2k and 2k + 1, `sums` the row's two sums.
             let mut mins = [_mm256_setzero_si256(); T];
             for k in 0..SPAN_K / 2 {
-                let m0 = _mm_loadl_epi64(group.m[2 * k].as_ptr() as *const __m128i);
-                let m1 = _mm_loadl_epi64(group.m[2 * k + 1].as_ptr() as *const __m128i);
+                let m0 = _mm_loadl_epi64(mins_of[2 * k].as_ptr() as *const __m128i);
+                let m1 = _mm_loadl_epi64(mins_of[2 * k + 1].as_ptr() as *const __m128i);
                 let m = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m0, m1));
                 for (t, mins) in mins.iter_mut().enumerate() {
                     let sums = _mm256_set1_epi32(*block_pairs.add(t * nb / 2 + i * SPAN_K / 2 + k));

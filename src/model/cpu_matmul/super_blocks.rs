@@ -1,9 +1,10 @@
 //! K-quant super-blocks (Q2_K … Q6_K) held whole, 8 rows at a time: each block's weight bits
 //! laid out so that a 32-byte load and a shift or mask give the 16-bit registers of
-//! [`super::groups`], the sub-block scales as the file's small integers, and per row the
-//! super-block's f16 scales as f32. The kernels multiply the scales out per block as they go
-//! (exact products, as the file's dequantization has them), so a matrix takes 1.01-1.05× its
-//! file's bytes instead of 1.3-2.9× as blocks of 32 with f32 scales.
+//! [`super::groups`], the sub-block scales as the file's small integers (Q4_K's and Q5_K's
+//! packed 6 bits apiece), and per row the super-block's f16 scales (as f16 or f32). The kernels
+//! multiply the scales out per block as they go (exact products, as the file's dequantization
+//! has them), so a matrix takes 1.0-1.05× its file's bytes instead of 1.3-2.9× as blocks of 32
+//! with f32 scales.
 
 use super::blocks::{self, MinParts, SplitParts, QK};
 use super::groups::{
@@ -110,19 +111,63 @@ fn set_two_bit_row(bytes: &mut [u8; 64], j: usize, q: &[u8; QK]) {
 }
 
 /// A super-block of 8 rows with a scale and a min per block of 32 (Q4_K: [`Q4KGroup`], Q5_K:
-/// [`Q5KGroup`]): its 8 blocks' bits, their 6-bit scales and mins as bytes, and per row the
-/// super-block's scale `d` and negated min scale `−dmin` (the file's f16 values, kept as f16:
-/// one decode row reads every byte, and f32 would add 2.7% to a Q4_K group): block `sub` of
-/// row `j` is `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
+/// [`Q5KGroup`]): its 8 blocks' bits, their 6-bit scales and mins packed 6 bits apiece as the
+/// file packs them ([`SixBitScales`]), and per row the super-block's scale `d` and negated min
+/// scale `−dmin` (the file's f16 values, kept as f16): a group takes exactly its 8 rows' file
+/// bytes, since one decode row reads every byte of it. Block `sub` of row `j` is
+/// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
 pub struct MinGroup<B> {
     pub blocks: [B; 8],
-    /// `[block][row]`.
-    pub sc: [[u8; ROWS]; 8],
-    pub m: [[u8; ROWS]; 8],
+    pub scales: SixBitScales,
     pub d: [f16; ROWS],
     pub neg_dmin: [f16; ROWS],
+}
+
+/// The 6-bit scale and min of each block of 8 rows, 96 bytes: value `i` of 128 (scales
+/// `8·block + row`, then mins `64 + 8·block + row`) keeps its low 4 bits in `low[i % 64]`
+/// (scales in the low nibble, mins in the high one) and its high 2 bits in `high[i % 32]` at
+/// bits `2·(i / 32)`. So [`Self::block`] takes one block's 8 scales and 8 mins with a few
+/// whole-word shifts and masks, and [`six_bit_scales`](super::avx2::six_bit_scales) all 8
+/// blocks' with three loads and a dozen vector instructions, no table and no per-row work.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SixBitScales {
+    pub low: [u8; 64],
+    pub high: [u8; 32],
+}
+
+impl SixBitScales {
+    const ZERO: Self = Self {
+        low: [0; 64],
+        high: [0; 32],
+    };
+
+    /// Sets row `j`'s scale and min of block `sub` (each below 64).
+    fn set(&mut self, sub: usize, j: usize, (sc, m): (u8, u8)) {
+        debug_assert!(sc < 64 && m < 64);
+        let i = 8 * sub + j;
+        self.low[i] = (sc & 0x0F) | (m & 0x0F) << 4;
+        let (sc_at, m_at) = (i % 32, (64 + i) % 32);
+        let (sc_shift, m_shift) = (2 * (i / 32), 2 * ((64 + i) / 32));
+        self.high[sc_at] = self.high[sc_at] & !(3 << sc_shift) | (sc >> 4) << sc_shift;
+        self.high[m_at] = self.high[m_at] & !(3 << m_shift) | (m >> 4) << m_shift;
+    }
+
+    /// Block `sub`'s scales and mins of the 8 rows, byte `j` row `j`'s.
+    #[inline(always)]
+    pub fn block(&self, sub: usize) -> ([u8; ROWS], [u8; ROWS]) {
+        const LOW4: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+        const LOW2: u64 = 0x0303_0303_0303_0303;
+        let low = u64::from_le_bytes(self.low[8 * sub..8 * sub + 8].try_into().unwrap());
+        let at = 8 * (sub % 4);
+        let high = u64::from_le_bytes(self.high[at..at + 8].try_into().unwrap());
+        let shift = 2 * (sub / 4);
+        let sc = low & LOW4 | (high >> shift & LOW2) << 4;
+        let m = low >> 4 & LOW4 | (high >> (shift + 4) & LOW2) << 4;
+        (sc.to_le_bytes(), m.to_le_bytes())
+    }
 }
 
 pub type Q4KGroup = MinGroup<Q4Bits>;
@@ -132,16 +177,16 @@ impl<B: BlockBits> Group for MinGroup<B> {
     type Scales = F32Dm;
     const ZERO: Self = Self {
         blocks: [B::ZERO; 8],
-        sc: [[0; ROWS]; 8],
-        m: [[0; ROWS]; 8],
+        scales: SixBitScales::ZERO,
         d: [f16::ZERO; ROWS],
         neg_dmin: [f16::ZERO; ROWS],
     };
     const SUBS: usize = 8;
 
     fn dequantize_row(&self, j: usize, sub: usize) -> [f32; QK] {
-        let d = self.d[j].to_f32() * f32::from(self.sc[sub][j]);
-        let m = self.neg_dmin[j].to_f32() * f32::from(self.m[sub][j]);
+        let (sc, m) = self.scales.block(sub);
+        let d = self.d[j].to_f32() * f32::from(sc[j]);
+        let m = self.neg_dmin[j].to_f32() * f32::from(m[j]);
         let bits = &self.blocks[sub];
         std::array::from_fn(|k| ((bits.int(j, k) - B::BIAS) as f32).mul_add(d, m))
     }
@@ -162,7 +207,7 @@ impl<B: BlockBits> MinGroup<B> {
             group.d[j] = f16::from_f32(parts.d);
             group.neg_dmin[j] = f16::from_f32(-parts.dmin);
             for (sub, q) in parts.q.iter().enumerate() {
-                (group.sc[sub][j], group.m[sub][j]) = parts.scales[sub];
+                group.scales.set(sub, j, parts.scales[sub]);
                 group.blocks[sub].set_row(j, q);
             }
         })
@@ -340,4 +385,42 @@ fn super_block_groups<G: Group>(
             }
         });
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Every block's scales and mins come back as set, through the scalar unpacking and the
+    /// AVX2 one, whatever was set before (each value is set over a different one).
+    #[test]
+    fn six_bit_scales_give_back_what_was_set() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut scales = SixBitScales::ZERO;
+        for round in 0..4 {
+            let want: [[(u8, u8); ROWS]; 8] = std::array::from_fn(|_| {
+                std::array::from_fn(|_| (rng.random_range(0..64), rng.random_range(0..64)))
+            });
+            for (sub, rows) in want.iter().enumerate() {
+                for (j, &v) in rows.iter().enumerate() {
+                    scales.set(sub, j, v);
+                }
+            }
+            let split = |sub: usize| -> ([u8; ROWS], [u8; ROWS]) {
+                (want[sub].map(|v| v.0), want[sub].map(|v| v.1))
+            };
+            for sub in 0..8 {
+                assert_eq!(scales.block(sub), split(sub), "round {round}, block {sub}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if super::super::avx2::available() {
+                // SAFETY: AVX2 was detected.
+                let (sc, m) = unsafe { super::super::avx2::six_bit_scales(&scales) };
+                for sub in 0..8 {
+                    assert_eq!((sc[sub], m[sub]), split(sub), "AVX2, round {round}");
+                }
+            }
+        }
+    }
 }
