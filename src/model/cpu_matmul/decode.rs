@@ -133,7 +133,7 @@ unsafe fn tile_with<G: Avx2Group, const T: usize, const VNNI: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            super::avx2::prefetch_for_tile::<VNNI, T, _>(group, 0, 1);
+            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
             // A super-block's scale vectors, ahead of its blocks ([`block_scales`]).
             let ahead = G::SUBS > 1;
             let mut scales = [[_mm256_setzero_ps(); 4]; 8];

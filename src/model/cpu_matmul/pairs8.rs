@@ -108,8 +108,8 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize>(
         let (row_a, row_b) = groups[g * per_row..(g + 2) * per_row].split_at(per_row);
         let mut acc = [_mm512_setzero_ps(); T];
         for (i, (a, b)) in row_a.iter().zip(row_b).enumerate() {
-            prefetch_for_tile::<true, T, _>(a, 0, 1);
-            prefetch_for_tile::<true, T, _>(b, 0, 1);
+            prefetch_for_tile::<true, T, _>(a);
+            prefetch_for_tile::<true, T, _>(b);
             for sub in 0..G::SUBS {
                 let blk = i * G::SUBS + sub;
                 let dots = nibble_dots::<G, T>(a, b, sub, q.add(blk * QK), cols);
