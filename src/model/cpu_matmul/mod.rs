@@ -1062,7 +1062,7 @@ mod tests {
     }
 
     /// Q3_K … Q6_K held whole per super-block ([`Q3KGroup`], [`Q4KGroup`], [`Q5KGroup`],
-    /// [`Q6KGroup`]; Q4_K's and Q5_K's 6-bit scales and mins packed as the file packs them,
+    /// [`Q6KGroup`]; Q4_K's and Q5_K's 6-bit scales and mins packed 6 bits apiece as in the file,
     /// the others' scales as bytes) give the same bits in every kernel as their blocks with
     /// the scales multiplied out in f32 (their form before: 2.9×, 1.33×, 1.8× and 1.52× the
     /// file's bytes instead of 1.05×, 1.0×, 1.0× and 1.01×); Q2_K (no form before) is held at

@@ -111,8 +111,8 @@ fn set_two_bit_row(bytes: &mut [u8; 64], j: usize, q: &[u8; QK]) {
 }
 
 /// A super-block of 8 rows with a scale and a min per block of 32 (Q4_K: [`Q4KGroup`], Q5_K:
-/// [`Q5KGroup`]): its 8 blocks' bits, their 6-bit scales and mins packed 6 bits apiece as the
-/// file packs them ([`SixBitScales`]), and per row the super-block's scale `d` and negated min
+/// [`Q5KGroup`]): its 8 blocks' bits, their 6-bit scales and mins packed 6 bits apiece as in
+/// the file, in an order made for vector unpacking ([`SixBitScales`]), and per row the super-block's scale `d` and negated min
 /// scale `−dmin` (the file's f16 values, kept as f16): a group takes exactly its 8 rows' file
 /// bytes, since one decode row reads every byte of it. Block `sub` of row `j` is
 /// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
