@@ -49,7 +49,9 @@ pub trait Avx2Group: Group {
     unsafe fn scale_vectors(&self, sub: usize) -> [__m256; 4];
 
     /// [`Self::scale_vectors`] of every block, into the first `SUBS` of `scales` (one call
-    /// where the scales of all blocks unpack together).
+    /// where the scales of all blocks unpack together). The decode tiles take them before a
+    /// super-block's blocks are read: they wait in L1 instead of taking registers through the
+    /// products (measured faster for tiles of 1 and of 4 rows).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
@@ -185,20 +187,6 @@ unsafe fn nibble_registers(v: __m256i) -> [__m256i; 4] {
         _mm256_and_si256(_mm256_srli_epi16::<8>(v), mask),
         _mm256_srli_epi16::<12>(v),
     ]
-}
-
-/// The scale vectors ([`Avx2Group::scale_vectors`]: scales of weights 0..16 and 16..32,
-/// offsets) of each block of a super-block group (into the first `G::SUBS`), computed before its
-/// blocks are read: they wait in L1 instead of taking registers through the products
-/// (measured faster for tiles of 1 and of 4 rows).
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub unsafe fn block_scales<G: Avx2Group>(group: &G, scales: &mut [[__m256; 4]; 8]) {
-    group.all_scale_vectors(scales);
 }
 
 // (Intrinsics are kept out of closures in the target-feature functions here: closures only

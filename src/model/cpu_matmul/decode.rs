@@ -18,7 +18,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{block_scales, half_sums, quantize_block, Avx2Group, REGS};
+use super::avx2::{half_sums, quantize_block, Avx2Group, REGS};
 use super::blocks::QK;
 use super::groups::Scales;
 
@@ -134,11 +134,12 @@ unsafe fn tile_with<G: Avx2Group, const T: usize, const VNNI: bool>(
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
             super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
-            // A super-block's scale vectors, ahead of its blocks ([`block_scales`]).
+            // A super-block's scale vectors, ahead of its blocks
+            // ([`Avx2Group::all_scale_vectors`]).
             let ahead = G::SUBS > 1;
             let mut scales = [[_mm256_setzero_ps(); 4]; 8];
             if ahead {
-                block_scales(group, &mut scales);
+                group.all_scale_vectors(&mut scales);
             }
             // (`sub` also picks the block's weights and activations.)
             #[allow(clippy::needless_range_loop)]

@@ -112,10 +112,11 @@ fn set_two_bit_row(bytes: &mut [u8; 64], j: usize, q: &[u8; QK]) {
 
 /// A super-block of 8 rows with a scale and a min per block of 32 (Q4_K: [`Q4KGroup`], Q5_K:
 /// [`Q5KGroup`]): its 8 blocks' bits, their 6-bit scales and mins packed 6 bits apiece as in
-/// the file, in an order made for vector unpacking ([`SixBitScales`]), and per row the super-block's scale `d` and negated min
-/// scale `−dmin` (the file's f16 values, kept as f16): a group takes exactly its 8 rows' file
-/// bytes, since one decode row reads every byte of it. Block `sub` of row `j` is
-/// `d·sc · q + (−dmin)·m`, the products exact in f32 as when they were stored.
+/// the file, in an order made for vector unpacking ([`SixBitScales`]), and per row the
+/// super-block's scale `d` and negated min scale `−dmin` (the file's f16 values, kept as f16):
+/// a group takes exactly its 8 rows' file bytes, since one decode row reads every byte of it.
+/// Block `sub` of row `j` is `d·sc · q + (−dmin)·m`, the products exact in f32 as when they
+/// were stored.
 #[repr(C, align(32))]
 #[derive(Debug, Clone, Copy)]
 pub struct MinGroup<B> {
@@ -149,10 +150,11 @@ impl SixBitScales {
         debug_assert!(sc < 64 && m < 64);
         let i = 8 * sub + j;
         self.low[i] = (sc & 0x0F) | (m & 0x0F) << 4;
-        let (sc_at, m_at) = (i % 32, (64 + i) % 32);
-        let (sc_shift, m_shift) = (2 * (i / 32), 2 * ((64 + i) / 32));
-        self.high[sc_at] = self.high[sc_at] & !(3 << sc_shift) | (sc >> 4) << sc_shift;
-        self.high[m_at] = self.high[m_at] & !(3 << m_shift) | (m >> 4) << m_shift;
+        // Scale `i` and min `64 + i` share byte `i % 32`, the min 4 bits above the scale.
+        let shift = 2 * (i / 32);
+        let high = (sc >> 4) << shift | (m >> 4) << (shift + 4);
+        let mask = 3 << shift | 3 << (shift + 4);
+        self.high[i % 32] = self.high[i % 32] & !mask | high;
     }
 
     /// Block `sub`'s scales and mins of the 8 rows, byte `j` row `j`'s.
