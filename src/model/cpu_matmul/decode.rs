@@ -7,13 +7,14 @@
 //! two products for each of the 8 rows, whose sums stay exact 32-bit integers for the whole
 //! block. Only then is the block converted and scaled, once for the 8 rows, so a row costs
 //! three instructions (broadcast, `pmaddwd`, add) per 16 multiply-adds and the weights'
-//! unpacking (a shift and a mask per register) is shared by the tile's rows. The 16-bit rounding of the activations (at
-//! most 1/65534 of the block's largest value) is 256 times finer than the 8-bit activations
-//! of llama.cpp's CPU kernels, whose rounding changed greedy output of the default model in
-//! our tests; 16 bits did not.
+//! unpacking (a shift and a mask per register) is shared by the tile's rows. The 16-bit
+//! rounding of the activations (at most 1/65534 of the block's largest value) is 256 times
+//! finer than the 8-bit activations of llama.cpp's CPU kernels, whose rounding changed greedy
+//! output of the default model in our tests; 16 bits did not. The weights a tile reads next
+//! are prefetched ([`prefetch_next`](super::avx2::prefetch_next)).
 //!
 //! With AVX-512 VNNI ([`tile_vnni`]), `vpdpwssd` does the `pmaddwd` and the add in one
-//! instruction (the same bits), tiles hold up to 8 rows and the next weights are prefetched.
+//! instruction (the same bits) and tiles hold up to 8 rows.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -133,7 +134,7 @@ unsafe fn tile_with<G: Avx2Group, const T: usize, const VNNI: bool>(
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
+            super::avx2::prefetch_next(group);
             // A super-block's scale vectors, ahead of its blocks
             // ([`Avx2Group::all_scale_vectors`]).
             let ahead = G::SUBS > 1;

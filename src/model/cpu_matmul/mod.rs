@@ -498,17 +498,24 @@ impl CpuQMatMul {
         stride: usize,
         range: (usize, usize),
     ) {
+        // Many (prompt) rows take two groups at a time with VNNI ([`pairs8`]), as in
+        // [`Self::run_int8`].
+        let several = x8.len() > 4 * MAX_TILE;
         let vnni = avx2::vnni_available();
         let tile = |groups: &[Q4KGroup], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
             // r0..r0 + t, quantized per super-block (quantize_int8_rows, for Q4_K); VNNI was
             // detected where it is used.
-            if vnni {
+            if several && vnni {
+                with_tile_rows!(wide t, T => unsafe {
+                    pairs8::tile_k::<T>(groups, x8, r0, out, first)
+                })
+            } else if vnni {
                 with_tile_rows!(wide t, T => unsafe {
                     prompt8::tile_k_vnni::<T>(groups, x8, r0, out, first)
                 })
             } else {
-                with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out) })
+                with_tile_rows!(t, T => unsafe { prompt8::tile_k::<T>(groups, x8, r0, out, first) })
             }
         };
         let max_tile = max_tile(vnni);
@@ -1290,21 +1297,26 @@ mod tests {
                 }
                 Packed::Q4K(w) => {
                     let groups = w.len() / (cols / QK_K);
-                    check(
-                        format!("{dtype:?} 8-bit tile"),
-                        groups,
-                        |t, vnni, r0, out| {
-                            // SAFETY: as above; x8 holds 8 rows, quantized per super-block.
-                            unsafe {
-                                if vnni {
-                                    with_tile_rows!(wide t, T =>
-                                    prompt8::tile_k_vnni::<T>(w, &x8, r0, out, true))
-                                } else {
-                                    with_tile_rows!(t, T => prompt8::tile_k::<T>(w, &x8, r0, out))
+                    for kind in ["one group", "pairs"] {
+                        check(
+                            format!("{dtype:?} 8-bit tile, {kind}"),
+                            groups,
+                            |t, vnni, r0, out| {
+                                // SAFETY: as above; x8 holds 8 rows, quantized per
+                                // super-block.
+                                unsafe {
+                                    match (vnni, kind) {
+                                        (false, _) => with_tile_rows!(t, T =>
+                                            prompt8::tile_k::<T>(w, &x8, r0, out, false)),
+                                        (true, "one group") => with_tile_rows!(wide t, T =>
+                                            prompt8::tile_k_vnni::<T>(w, &x8, r0, out, true)),
+                                        (true, _) => with_tile_rows!(wide t, T =>
+                                            pairs8::tile_k::<T>(w, &x8, r0, out, true)),
+                                    }
                                 }
-                            }
-                        },
-                    );
+                            },
+                        );
+                    }
                 }
                 _ if k.unpacks => {
                     fn unpacked<G: Kernel>(w: &[G], cols: usize, x8: &Rows8, name: String) {

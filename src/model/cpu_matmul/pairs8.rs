@@ -1,13 +1,18 @@
-//! The 8-bit VNNI tile of [`super::prompt8`] for Q4_0 and Q4_1 over two groups of 8 weight
-//! rows at once: one 512-bit register holds the 16 rows' lanes (the first group's in lanes
-//! 0..8), so each broadcast activation and each instruction serves twice the weights.
+//! The 8-bit VNNI tiles of [`super::prompt8`] for Q4_0 and Q4_1 ([`tile`]) and Q4_K
+//! ([`tile_k`]) over two groups of 8 weight rows at once: one 512-bit register holds the 16
+//! rows' lanes (the first group's in lanes 0..8), so each broadcast activation and each
+//! instruction serves twice the weights. Prompt rows take them (more than 16 rows in a
+//! matmul); decode rows keep the 256-bit tiles.
 //!
 //! In the 256-bit tile each `vpdpbusd` takes its own broadcast of four activations, and on
-//! this machine (Zen 4) the broadcasts, not the multiplies, set the pace (~1.1 `vpdpbusd` per
-//! cycle of the 2 the core can do). With 16 lanes per broadcast, prompt rows of a 1B Q4_0
-//! file prefill 1.14x faster (8 × 128 tokens, 2 threads, 220 → 251 tok/s). Decode rows (a few
-//! per step, the weights streaming from memory) were slower this way (one row: half the
-//! speed), and Q4_K's tile gained nothing, so they keep the 256-bit tiles.
+//! Zen 4 the broadcasts, not the multiplies, set the pace (~1.1 `vpdpbusd` per cycle of the 2
+//! the core can do). With 16 lanes per broadcast, prompt rows of a 1B Q4_0 file prefill 1.14x
+//! faster there (8 × 128 tokens, 2 threads, 220 → 251 tok/s); Q4_K's gained nothing there.
+//! Intel's server cores (the 2-core Xeon of November 2026) run 512-bit `vpdpbusd` at twice the
+//! 256-bit rate (653 vs 355 GMAC/s on 2 threads, `scripts/machine-roofs.sh`'s loop on zmm):
+//! there Q4_K's prompt rows prefill 1.2x faster (1B, pp512 157-173 → 202-209 tok/s, 8 × 128
+//! tokens 173-176 → 208-229). Decode rows (a few per step, the weights streaming from memory)
+//! were slower this way (one row: half the speed on Zen 4, 0.93x on the Xeon).
 //!
 //! Each lane computes exactly what the 256-bit tile computes for its row (the same integers,
 //! then the same float operations in the same order), so the bits are the same. A last group
@@ -16,9 +21,10 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{prefetch_for_tile, Avx2Nibbles};
+use super::avx2::{prefetch_ahead, prefetch_next, six_bit_scales, Avx2Nibbles};
 use super::blocks::QK;
-use super::prompt8::{self, Rows8};
+use super::prompt8::{self, Rows8, SPAN_K};
+use super::super_blocks::Q4KGroup;
 
 /// `lo` and `hi` side by side: lanes 0..8 and 8..16.
 #[cfg(target_arch = "x86_64")]
@@ -108,8 +114,8 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize>(
         let (row_a, row_b) = groups[g * per_row..(g + 2) * per_row].split_at(per_row);
         let mut acc = [_mm512_setzero_ps(); T];
         for (i, (a, b)) in row_a.iter().zip(row_b).enumerate() {
-            prefetch_for_tile::<true, T, _>(a);
-            prefetch_for_tile::<true, T, _>(b);
+            prefetch_next(a);
+            prefetch_next(b);
             for sub in 0..G::SUBS {
                 let blk = i * G::SUBS + sub;
                 let dots = nibble_dots::<G, T>(a, b, sub, q.add(blk * QK), cols);
@@ -134,4 +140,111 @@ pub unsafe fn tile<G: Avx2Nibbles, const T: usize>(
         let out = &mut out[g * T * 8..];
         prompt8::tile_vnni::<G, T, true>(&groups[g * per_row..], &scales[g * nb..], x, r0, out);
     }
+}
+
+/// [`prompt8::tile_k_vnni`] with group rows in pairs; the same bits. With `prefetch`, asks
+/// for both groups' weights ahead, as `tile_k_vnni` does.
+///
+/// # Safety
+/// As [`prompt8::tile_k_vnni`], and the CPU must support AVX-512 BW
+/// ([`vnni_available`](super::avx2::vnni_available)).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile_k<const T: usize>(
+    groups: &[Q4KGroup],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+    prefetch: bool,
+) {
+    let cols = x.cols;
+    let nb = cols / QK;
+    let per_row = nb / SPAN_K;
+    let group_rows = groups.len() / per_row;
+    debug_assert!(x.span == SPAN_K && r0 + T <= x.len());
+    debug_assert!(groups.len().is_multiple_of(per_row) && out.len() >= group_rows * T * 8);
+    let q = x.q.as_ptr().add(r0 * cols);
+    let d = x.d.as_ptr().add(r0 * nb);
+    let block_pairs = x.block_pairs.as_ptr().add(r0 * nb / 2);
+    for g in (0..group_rows / 2).map(|p| 2 * p) {
+        let (row_a, row_b) = groups[g * per_row..(g + 2) * per_row].split_at(per_row);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for (i, (a, b)) in row_a.iter().zip(row_b).enumerate() {
+            let mut ints = [_mm512_setzero_si512(); T];
+            let (scales_a, mins_a) = six_bit_scales(&a.scales);
+            let (scales_b, mins_b) = six_bit_scales(&b.scales);
+            for sub in 0..SPAN_K {
+                if prefetch {
+                    prefetch_ahead(a, sub, SPAN_K);
+                    prefetch_ahead(b, sub, SPAN_K);
+                }
+                let blk = i * SPAN_K + sub;
+                let sc = _mm512_cvtepu8_epi32(join_bytes(&scales_a[sub], &scales_b[sub]));
+                let dots = nibble_dots::<Q4KGroup, T>(a, b, sub, q.add(blk * QK), cols);
+                for t in 0..T {
+                    ints[t] = _mm512_add_epi32(ints[t], _mm512_mullo_epi32(dots[t], sc));
+                }
+            }
+            let dw = join_halves(&a.d, &b.d);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let da = _mm512_set1_ps(*d.add(t * nb + i * SPAN_K));
+                let ints = _mm512_cvtepi32_ps(ints[t]);
+                *acc = _mm512_fmadd_ps(ints, _mm512_mul_ps(dw, da), *acc);
+            }
+            // The mins times each block's sum of 8-bit activations, as `tile_k_vnni` does:
+            // row j's mins of blocks 2k and 2k + 1 in 16-bit lanes 2j, 2j + 1.
+            let mut mins = [_mm512_setzero_si512(); T];
+            for k in 0..SPAN_K / 2 {
+                let m = _mm512_cvtepu8_epi16(_mm256_set_m128i(
+                    _mm_unpacklo_epi8(load8(&mins_b[2 * k]), load8(&mins_b[2 * k + 1])),
+                    _mm_unpacklo_epi8(load8(&mins_a[2 * k]), load8(&mins_a[2 * k + 1])),
+                ));
+                for (t, mins) in mins.iter_mut().enumerate() {
+                    let sums = *block_pairs.add(t * nb / 2 + i * SPAN_K / 2 + k);
+                    *mins = _mm512_add_epi32(*mins, _mm512_madd_epi16(m, _mm512_set1_epi32(sums)));
+                }
+            }
+            let neg_dmin = join_halves(&a.neg_dmin, &b.neg_dmin);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let da = _mm512_set1_ps(*d.add(t * nb + i * SPAN_K));
+                let mins = _mm512_cvtepi32_ps(mins[t]);
+                *acc = _mm512_fmadd_ps(mins, _mm512_mul_ps(neg_dmin, da), *acc);
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            let o = out.as_mut_ptr();
+            store_halves(*acc, o.add((g * T + t) * 8), o.add(((g + 1) * T + t) * 8));
+        }
+    }
+    if group_rows % 2 == 1 {
+        let g = group_rows - 1;
+        let out = &mut out[g * T * 8..];
+        prompt8::tile_k_vnni::<T>(&groups[g * per_row..], x, r0, out, prefetch);
+    }
+}
+
+/// Eight bytes into the low half of a register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8(bytes: &[u8; 8]) -> __m128i {
+    _mm_loadl_epi64(bytes.as_ptr() as *const __m128i)
+}
+
+/// `a`'s 8 bytes, then `b`'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn join_bytes(a: &[u8; 8], b: &[u8; 8]) -> __m128i {
+    _mm_unpacklo_epi64(load8(a), load8(b))
+}
+
+/// `a`'s 8 f16 values as f32 in lanes 0..8, `b`'s in lanes 8..16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+#[inline]
+unsafe fn join_halves(a: &[half::f16; 8], b: &[half::f16; 8]) -> __m512 {
+    let a = _mm_loadu_si128(a.as_ptr() as *const __m128i);
+    let b = _mm_loadu_si128(b.as_ptr() as *const __m128i);
+    _mm512_cvtph_ps(_mm256_set_m128i(b, a))
 }

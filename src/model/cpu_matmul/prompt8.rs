@@ -16,8 +16,8 @@
 //! Where the CPU has AVX-512 VNNI (with VL: [`vnni_available`](super::avx2::vnni_available)),
 //! `vpdpbusd` adds four products straight into 32-bit lanes ([`nibble_dots`]): the same
 //! integers with fewer instructions, so the same bits; its 32 registers hold tiles of up to 8
-//! rows (weights unpacked once for 8 decode rows), and the weights a tile reads next are
-//! prefetched.
+//! rows (weights unpacked once for 8 decode rows). Either way the weights a tile reads next
+//! are prefetched ([`prefetch_next`](super::avx2::prefetch_next)).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -299,7 +299,7 @@ unsafe fn tile_with<G: Avx2Nibbles, const T: usize, const CACHED: bool, const VN
     for (g, row) in groups.chunks_exact(per_row).enumerate() {
         let mut acc = [_mm256_setzero_ps(); T];
         for (i, group) in row.iter().enumerate() {
-            super::avx2::prefetch_for_tile::<VNNI, T, _>(group);
+            super::avx2::prefetch_next(group);
             for sub in 0..G::SUBS {
                 let b = i * G::SUBS + sub;
                 let q = q.add(b * QK);
@@ -342,22 +342,29 @@ pub const SPAN_K: usize = 8;
 /// activations (two blocks per `vpmaddwd`, as llama.cpp's `bsums`). 1.05-1.17x [`tile`]'s
 /// speed on the same weights (one 2048 × 8192 matrix, 1 to 64 rows, 1 and 2 threads).
 ///
+/// With `prefetch` (the first tile to meet these weights, which come from memory) it asks for
+/// the weights ahead, one block's share of a group's lines at a time
+/// ([`prefetch_ahead`](super::avx2::prefetch_ahead)); the tiles after it find them in cache,
+/// and prefetching there made prefill 7% slower. One decode row on 1B Q4_K, 12 in-process
+/// pairs twice on Zen 4: 1.085x and 1.05x faster with it (2048 or 4096 bytes ahead alike).
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `x` holds rows `r0..r0 + T`, quantized with
 /// `span == SPAN_K`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_k<const T: usize>(groups: &[Q4KGroup], x: &Rows8, r0: usize, out: &mut [f32]) {
-    tile_k_with::<T, false>(groups, x, r0, out, false)
+pub unsafe fn tile_k<const T: usize>(
+    groups: &[Q4KGroup],
+    x: &Rows8,
+    r0: usize,
+    out: &mut [f32],
+    prefetch: bool,
+) {
+    tile_k_with::<T, false>(groups, x, r0, out, prefetch)
 }
 
 /// [`tile_k`] with AVX-512 VNNI: each block's 32-bit sums ([`nibble_dots`]) times the 6-bit
-/// scales (`vpmulld`) — the same integers, so the same bits. With `prefetch` (the first tile
-/// to meet these weights, which come from memory) it asks for the weights ahead, one block's
-/// share of a group's lines at a time ([`prefetch_ahead`](super::avx2::prefetch_ahead)); the
-/// tiles after it find them in cache, and prefetching there made prefill 7% slower. Unlike the
-/// other tiles it asks at one row too: one decode row on 1B Q4_K, 12 in-process pairs twice,
-/// 1.085x and 1.05x faster (2048 or 4096 bytes ahead alike: 0.99x between them).
+/// scales (`vpmulld`) — the same integers, so the same bits.
 ///
 /// # Safety
 /// As [`tile_k`], and the CPU must support AVX-512 VL and VNNI
@@ -404,7 +411,7 @@ unsafe fn tile_k_with<const T: usize, const VNNI: bool>(
             let mut ints = [_mm256_setzero_si256(); T];
             let (scales, mins_of) = super::avx2::six_bit_scales(&group.scales);
             for (sub, sc) in scales.iter().enumerate() {
-                if VNNI && prefetch {
+                if prefetch {
                     super::avx2::prefetch_ahead(group, sub, SPAN_K);
                 }
                 let b = i * SPAN_K + sub;
