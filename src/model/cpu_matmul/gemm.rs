@@ -182,33 +182,58 @@ pub(super) unsafe fn pack_avx2<G: Avx2Group>(groups: &[G], per_row: usize, panel
 fn multiply(panel: &[f32], cols: usize, t: usize, x: &[f32], tile: &mut [[f32; NR]; MR_WIDE]) {
     #[cfg(target_arch = "x86_64")]
     if super::avx2::avx512_available() {
-        macro_rules! heights {
-            ($($t:literal)*) => {
-                match t {
-                    // SAFETY: AVX-512 F was detected at run time; x holds t rows.
-                    $($t => unsafe { multiply_avx512::<$t>(panel, cols, x, tile) },)*
-                    _ => unreachable!("tile of {t} rows"),
-                }
-            };
-        }
-        heights!(1 2 3 4 5 6 7 8 9 10 11 12);
+        // SAFETY: AVX-512 F was detected at run time; x holds t <= MR_WIDE rows.
+        unsafe { multiply_avx512_rows(panel, cols, t, x, tile) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if super::avx2::available() {
-        macro_rules! heights {
-            ($($t:literal)*) => {
-                match t {
-                    // SAFETY: AVX2 and FMA were detected at run time; x holds t rows.
-                    $($t => unsafe { multiply_avx2::<$t>(panel, cols, x, tile) },)*
-                    _ => unreachable!("tile of {t} rows"),
-                }
-            };
-        }
-        heights!(1 2 3 4 5 6);
+        // SAFETY: AVX2 and FMA were detected at run time; x holds t <= MR rows.
+        unsafe { multiply_avx2_rows(panel, cols, t, x, tile) };
         return;
     }
     multiply_portable(panel, cols, x, tile);
+}
+
+/// `$f::<T>(panel, cols, x, tile)` for `T` = `$t`, one of the `$rows`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_height {
+    ($f:ident, $t:expr, $args:tt, $($rows:literal)*) => {
+        match $t {
+            $($rows => $f::<$rows> $args,)*
+            t => unreachable!("tile of {t} rows"),
+        }
+    };
+}
+
+/// [`multiply_avx2`] for `t` rows.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` holds `t` rows of `cols` floats, `t <= MR`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn multiply_avx2_rows(
+    panel: &[f32],
+    cols: usize,
+    t: usize,
+    x: &[f32],
+    tile: &mut [[f32; NR]; MR_WIDE],
+) {
+    with_height!(multiply_avx2, t, (panel, cols, x, tile), 1 2 3 4 5 6)
+}
+
+/// [`multiply_avx512`] for `t` rows.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `x` holds `t` rows of `cols` floats, `t <= MR_WIDE`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn multiply_avx512_rows(
+    panel: &[f32],
+    cols: usize,
+    t: usize,
+    x: &[f32],
+    tile: &mut [[f32; NR]; MR_WIDE],
+) {
+    with_height!(multiply_avx512, t, (panel, cols, x, tile), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 /// [`multiply`] one FMA at a time.
@@ -301,29 +326,13 @@ mod tests {
             let x = &x[..t * cols];
             let mut got = [[f32::NAN; NR]; MR_WIDE];
             if t <= MR && super::super::avx2::available() {
-                macro_rules! heights {
-                    ($($t:literal)*) => {
-                        match t {
-                            // SAFETY: AVX2 and FMA were detected; x holds t rows.
-                            $($t => unsafe { multiply_avx2::<$t>(&panel, cols, x, &mut got) },)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                heights!(1 2 3 4 5 6);
+                // SAFETY: AVX2 and FMA were detected; x holds t <= MR rows.
+                unsafe { multiply_avx2_rows(&panel, cols, t, x, &mut got) };
                 assert_eq!(got[..t], want[..t], "AVX2, {t} rows");
             }
             if super::super::avx2::avx512_available() {
-                macro_rules! heights {
-                    ($($t:literal)*) => {
-                        match t {
-                            // SAFETY: AVX-512 F was detected; x holds t rows.
-                            $($t => unsafe { multiply_avx512::<$t>(&panel, cols, x, &mut got) },)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                heights!(1 2 3 4 5 6 7 8 9 10 11 12);
+                // SAFETY: AVX-512 F was detected; x holds t <= MR_WIDE rows.
+                unsafe { multiply_avx512_rows(&panel, cols, t, x, &mut got) };
                 assert_eq!(got[..t], want[..t], "AVX-512, {t} rows");
             }
         }

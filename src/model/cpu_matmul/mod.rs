@@ -452,7 +452,7 @@ impl CpuQMatMul {
         // them again for a few). Those many (prompt) rows take two groups at a time with
         // VNNI ([`pairs8`]).
         let mut scales = Vec::new();
-        let several = x8.len() > 4 * MAX_TILE;
+        let several = many_rows(x8);
         let vnni = avx2::vnni_available();
         let tile = |groups: &[G], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             if several && first {
@@ -498,9 +498,8 @@ impl CpuQMatMul {
         stride: usize,
         range: (usize, usize),
     ) {
-        // Many (prompt) rows take two groups at a time with VNNI ([`pairs8`]), as in
-        // [`Self::run_int8`].
-        let several = x8.len() > 4 * MAX_TILE;
+        // Many (prompt) rows take two groups at a time with VNNI ([`pairs8`]).
+        let several = many_rows(x8);
         let vnni = avx2::vnni_available();
         let tile = |groups: &[Q4KGroup], r0: usize, t: usize, first: bool, out: &mut [f32]| {
             // SAFETY: x8 exists only where AVX2 and FMA were detected; it holds rows
@@ -577,6 +576,13 @@ impl CpuQMatMul {
             },
         );
     }
+}
+
+/// Whether `x8` holds many rows (prompt rows): more than 4 tiles' worth, which take the tiles
+/// over two groups of weight rows at a time ([`pairs8`]).
+#[cfg(target_arch = "x86_64")]
+fn many_rows(x8: &Rows8) -> bool {
+    x8.len() > 4 * MAX_TILE
 }
 
 /// Output columns `o0..o1` of `rows` activation rows into `y` (row stride `stride`): blocks
